@@ -1,0 +1,37 @@
+//! `lk read`: print one field's value.
+
+use std::io::{IsTerminal, Write};
+
+use clap::Args;
+use latchkey_core::reference::SecretRef;
+
+use crate::client::Client;
+use crate::commands::resolve::read_field;
+use crate::error::{CliError, CliResult};
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// The reference, such as `lk://prod/db/password` or `lk://prod/db/password?version=2`.
+    reference: String,
+    /// Do not add a newline after the value on a terminal.
+    #[arg(short = 'n', long)]
+    no_newline: bool,
+}
+
+pub async fn run(args: ReadArgs) -> CliResult<()> {
+    let reference =
+        SecretRef::parse(&args.reference).map_err(|e| CliError::usage(e.to_string()))?;
+    reference
+        .require_field()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let client = Client::from_env()?;
+    let value = read_field(&client, &reference).await?;
+    // The bytes go out unchanged so binary values survive a pipe; a terminal gets a newline.
+    let mut out = std::io::stdout().lock();
+    out.write_all(&value)?;
+    if out.is_terminal() && !args.no_newline && !value.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `lk status`: health and seal state.
+
+use crate::client::Client;
+use crate::commands::text;
+use crate::error::CliResult;
+use crate::output::{self, Format};
+
+pub async fn run(format: Format) -> CliResult<()> {
+    let client = Client::from_env()?;
+    let (_, health) = client.get_any_status(&["v1", "sys", "health"]).await?;
+    let seal: serde_json::Value = client.get(&["v1", "sys", "seal-status"]).await?;
+    if format == Format::Json {
+        output::json(&serde_json::json!({"health": health, "seal": seal}));
+        return Ok(());
+    }
+    println!("address:      {}", client.base());
+    println!("status:       {}", text(&health, "status"));
+    println!("initialized:  {}", text(&seal, "initialized"));
+    println!("sealed:       {}", text(&seal, "sealed"));
+    if let Some(mode) = seal["mode"].as_str() {
+        println!("seal mode:    {mode}");
+    }
+    if seal["mode"].as_str() == Some("shamir") && seal["sealed"].as_bool() == Some(true) {
+        println!(
+            "unseal:       {}/{} shares",
+            text(&seal, "progress"),
+            text(&seal, "threshold")
+        );
+    }
+    if health.get("audit_writable").is_some() {
+        println!(
+            "audit log:    {} (last sequence {})",
+            if health["audit_writable"].as_bool() == Some(true) {
+                "writable"
+            } else {
+                "FAILING"
+            },
+            text(&health, "audit_last_seq")
+        );
+    }
+    Ok(())
+}

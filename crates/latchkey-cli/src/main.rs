@@ -1,0 +1,125 @@
+//! `lk`: the Latchkey command line.
+
+mod child;
+mod client;
+mod commands;
+mod error;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{CliError, EXIT_ERROR};
+use crate::output::Format;
+
+#[derive(Parser)]
+#[command(name = "lk", version, about = "Latchkey: just-in-time secrets broker")]
+#[command(
+    after_help = "The server address comes from LATCHKEY_ADDR (default http://127.0.0.1:8740) and the \
+token from LATCHKEY_TOKEN or `lk login --token`.\n\nExit codes: 0 success, 1 error, 2 invalid usage or input, \
+3 not authenticated, 4 permission denied, 5 not found, 6 server unavailable (sealed or audit log down); \
+`lk run` returns the command's own code."
+)]
+pub struct Cli {
+    /// Output format for results.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Server(commands::server::ServerArgs),
+    /// Show whether the server is initialized, sealed and healthy.
+    Status,
+    /// Initialize, unseal and seal the server.
+    #[command(subcommand)]
+    Operator(commands::operator::OperatorCommand),
+    /// Store a token for later commands (in a 0600 file under the config directory).
+    Login(commands::login::LoginArgs),
+    /// Revoke the stored token on the server and remove it locally.
+    Logout,
+    /// Show the principal, groups and token expiry of the current token.
+    Whoami,
+    /// Create and list vaults.
+    #[command(subcommand)]
+    Vault(commands::vault::VaultCommand),
+    /// Write, read, list and delete secrets.
+    #[command(subcommand)]
+    Secret(commands::secret::SecretCommand),
+    /// Print one secret field: `lk read lk://VAULT/SECRET/FIELD`.
+    Read(commands::read::ReadArgs),
+    /// Run a command with `lk://` references in its environment resolved.
+    Run(commands::run::RunArgs),
+    /// Render `{{ lk://... }}` placeholders in a template.
+    Inject(commands::inject::InjectArgs),
+    /// Manage Cedar policies.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// Manage local users and their groups.
+    #[command(subcommand)]
+    User(commands::user::UserCommand),
+    /// Create, renew, revoke and list tokens.
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    let format = cli.format;
+    match cli.command {
+        Command::Server(args) => commands::server::run(args).await.map(|_| 0),
+        Command::Status => commands::status::run(format).await.map(|_| 0),
+        Command::Operator(command) => commands::operator::run(command, format).await.map(|_| 0),
+        Command::Login(args) => commands::login::login(args, format).await.map(|_| 0),
+        Command::Logout => commands::login::logout().await.map(|_| 0),
+        Command::Whoami => commands::login::whoami(format).await.map(|_| 0),
+        Command::Vault(command) => commands::vault::run(command, format).await.map(|_| 0),
+        Command::Secret(command) => commands::secret::run(command, format).await.map(|_| 0),
+        Command::Read(args) => commands::read::run(args).await.map(|_| 0),
+        Command::Run(args) => commands::run::run(args).await,
+        Command::Inject(args) => commands::inject::run(args).await.map(|_| 0),
+        Command::Policy(command) => commands::policy::run(command, format).await.map(|_| 0),
+        Command::User(command) => commands::user::run(command, format).await.map(|_| 0),
+        Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
+        Command::Audit(command) => commands::audit::run(command, format).await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Server(_)) {
+        init_logging();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lk: cannot start the async runtime: {error}");
+            std::process::exit(EXIT_ERROR);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("lk: {error}");
+            error.exit_code
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

@@ -1,0 +1,798 @@
+//! Whole-binary tests: the real `lk server` on a free port, driven by the real `lk`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LK: &str = env!("CARGO_BIN_EXE_lk");
+
+struct Server {
+    child: Child,
+    addr: String,
+    root: Option<String>,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `lk server --dev` on a free port and waits until it answers health.
+    fn start_dev(data_dir: &Path, expect_token: bool) -> Server {
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(LK)
+            .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .strip_prefix("export LATCHKEY_ADDR=")
+            .unwrap()
+            .to_string();
+        let root = expect_token.then(|| {
+            lines
+                .next()
+                .unwrap()
+                .unwrap()
+                .strip_prefix("export LATCHKEY_TOKEN=")
+                .unwrap()
+                .to_string()
+        });
+        // Anything more on stdout would be a second token line; keep reading in the background.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let server = Server {
+            child,
+            addr,
+            root,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        server.wait_healthy();
+        assert!(receiver.try_recv().is_err(), "no more lines on stdout");
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = self.lk(None, &["status"], None);
+            if output.status.success()
+                && String::from_utf8_lossy(&output.stdout).contains("status:       ok")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not become healthy: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lk(&self, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        lk_at(
+            &self.addr,
+            token,
+            &self.data_dir.with_extension("config"),
+            args,
+            stdin,
+            &[],
+        )
+    }
+
+    fn root(&self, args: &[&str]) -> Output {
+        let output = self.lk(self.root.as_deref(), args, None);
+        assert!(
+            output.status.success(),
+            "lk {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn stop(mut self) {
+        let _ = nix_kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+}
+
+fn lk_at(
+    addr: &str,
+    token: Option<&str>,
+    config_dir: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut command = Command::new(LK);
+    command
+        .args(args)
+        .env("LATCHKEY_ADDR", addr)
+        .env("LATCHKEY_CONFIG_DIR", config_dir)
+        .env_remove("LATCHKEY_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("LATCHKEY_TOKEN", token);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+const STAGING_POLICY: &str = r#"// Developers read staging secrets.
+permit(
+    principal in Group::"devs",
+    action == Action::"read",
+    resource
+) when { resource.vault.hasTag("env") && resource.vault.getTag("env") == "staging" };
+"#;
+
+/// Sets up the quickstart: two vaults, a policy, alice in devs; returns alice's token.
+fn quickstart(server: &Server, work: &Path) -> String {
+    server.root(&["vault", "create", "prod", "--tag", "env=prod"]);
+    server.root(&["vault", "create", "staging", "--tag", "env=staging"]);
+    server.root(&[
+        "secret",
+        "put",
+        "lk://prod/db",
+        "username=app",
+        "password=prod-Secret-0451",
+    ]);
+    server.root(&[
+        "secret",
+        "put",
+        "lk://staging/db",
+        "username=app",
+        "password=staging-Secret-7781",
+    ]);
+    let policy = work.join("devs.cedar");
+    std::fs::write(&policy, STAGING_POLICY).unwrap();
+    server.root(&[
+        "policy",
+        "set",
+        "devs-read-staging",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    server.root(&["user", "create", "alice", "--group", "devs"]);
+    let output = server.root(&[
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--ttl",
+        "15m",
+        "--max-ttl",
+        "1h",
+    ]);
+    let token = stdout(&output).trim().to_string();
+    assert!(token.starts_with("lkt_"), "{token}");
+    token
+}
+
+#[test]
+fn quickstart_allows_denies_runs_and_audits() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let alice = quickstart(&server, work.path());
+
+    let output = server.lk(Some(&alice), &["read", "lk://staging/db/password"], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "staging-Secret-7781");
+
+    let output = server.lk(Some(&alice), &["read", "lk://prod/db/password"], None);
+    assert_eq!(output.status.code(), Some(4), "permission denied exit code");
+    assert!(
+        stderr(&output)
+            .contains(r#"permission denied: User::"alice" may not `read` Secret::"prod/db""#),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stdout(&output).is_empty());
+
+    let output = server.lk(Some(&alice), &["read", "lk://staging//password"], None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("secret name is empty"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = server.lk(Some("lkt_bogus"), &["whoami"], None);
+    assert_eq!(output.status.code(), Some(3));
+
+    let output = server.lk(Some(&alice), &["whoami"], None);
+    assert!(stdout(&output).contains(r#"User::"alice""#));
+    assert!(stdout(&output).contains("devs"));
+
+    // lk run: masked by default, visible with --no-masking, exit code passed through.
+    let script = "echo \"db=$DB_PASSWORD\"; echo \"db=$DB_PASSWORD\" >&2; exit 3";
+    let mut command = Command::new(LK);
+    let output = command
+        .args(["run", "--", "sh", "-c", script])
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_TOKEN", &alice)
+        .env("DB_PASSWORD", "lk://staging/db/password")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(stdout(&output), "db=***\n");
+    assert_eq!(stderr(&output), "db=***\n");
+    let output = Command::new(LK)
+        .args(["run", "--no-masking", "--", "sh", "-c", "echo $DB_PASSWORD"])
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_TOKEN", &alice)
+        .env("DB_PASSWORD", "lk://staging/db/password")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&output), "staging-Secret-7781\n");
+    let output = Command::new(LK)
+        .args(["run", "--", "true"])
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_TOKEN", &alice)
+        .env("DB_PASSWORD", "lk://prod/db/password")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "a denied reference stops lk run before the command starts"
+    );
+
+    let bad = work.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit(principal, action == Action::\"raed\", resource);\n",
+    )
+    .unwrap();
+    let output = server.lk(None, &["policy", "validate", bad.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("line 1"), "{}", stderr(&output));
+
+    let output = server.root(&["audit", "verify"]);
+    assert!(
+        stdout(&output).contains("audit chain intact"),
+        "{}",
+        stdout(&output)
+    );
+    let output = server.root(&["audit", "tail", "-n", "50"]);
+    let tail = stdout(&output);
+    assert!(tail.contains("denied"), "{tail}");
+    assert!(tail.contains("devs-read-staging"), "{tail}");
+
+    // Nothing the server wrote contains a token or a secret value.
+    let export = server.root(&["audit", "export"]);
+    let root = server.root.clone().unwrap();
+    server.stop();
+    let log = std::fs::read_to_string(work.path().join("data.log")).unwrap();
+    for haystack in [log.as_str(), &stdout(&export)] {
+        for needle in [
+            alice.as_str(),
+            root.as_str(),
+            "staging-Secret-7781",
+            "prod-Secret-0451",
+        ] {
+            assert!(
+                !haystack.contains(needle),
+                "found a secret or token in server output"
+            );
+        }
+    }
+    assert!(log.contains("listening"), "the log was captured");
+}
+
+#[test]
+fn binary_values_and_dotenv_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    server.root(&["vault", "create", "app"]);
+
+    let binary: Vec<u8> = (0..=255u8).chain(b"\r\n\0end".iter().copied()).collect();
+    let file = work.path().join("blob.bin");
+    std::fs::write(&file, &binary).unwrap();
+    server.root(&[
+        "secret",
+        "put",
+        "lk://app/blobs",
+        &format!("file=@{}", file.display()),
+    ]);
+    let output = server.lk(
+        server.root.as_deref(),
+        &["secret", "put", "lk://app/blobs", "stdin=-", "--merge"],
+        Some(&binary),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    for field in ["file", "stdin"] {
+        let output = server.root(&["read", &format!("lk://app/blobs/{field}")]);
+        assert_eq!(output.stdout, binary, "field {field}");
+    }
+    let output = server.root(&["secret", "history", "lk://app/blobs"]);
+    assert!(stdout(&output).contains("file,stdin"));
+    let output = server.root(&["read", "lk://app/blobs/file?version=1"]);
+    assert_eq!(output.stdout, binary);
+
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nVJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n-----END PRIVATE KEY-----";
+    let env_text = format!(
+        "# application settings\nexport PRIVATE_KEY=\"{pem}\"\nDATABASE_URL=postgres://app:p%40ss@db:5432/app?sslmode=require&x=1\nEMPTY=\nQUOTED=\"say \\\"hello\\\"\"\nGREETING=\"héllo wörld ✓ 日本\"\nSINGLE='raw $HOME \"as written\"'\n"
+    );
+    let expected: Vec<(&str, String)> = vec![
+        ("PRIVATE_KEY", pem.to_string()),
+        (
+            "DATABASE_URL",
+            "postgres://app:p%40ss@db:5432/app?sslmode=require&x=1".to_string(),
+        ),
+        ("EMPTY", String::new()),
+        ("QUOTED", "say \"hello\"".to_string()),
+        ("GREETING", "héllo wörld ✓ 日本".to_string()),
+        ("SINGLE", "raw $HOME \"as written\"".to_string()),
+    ];
+    let env_file = work.path().join("app.env");
+    std::fs::write(&env_file, env_text).unwrap();
+    let output = server.root(&[
+        "secret",
+        "import",
+        "--vault",
+        "app",
+        env_file.to_str().unwrap(),
+    ]);
+    let references = work.path().join("refs.env");
+    std::fs::write(&references, &output.stdout).unwrap();
+    assert!(
+        stdout(&output).contains("PRIVATE_KEY=lk://app/PRIVATE_KEY/value"),
+        "{}",
+        stdout(&output)
+    );
+
+    for (key, value) in &expected {
+        let output = server.root(&["read", &format!("lk://app/{key}/value")]);
+        assert_eq!(stdout(&output), *value, "read {key}");
+        let output = lk_at(
+            &server.addr,
+            server.root.as_deref(),
+            work.path(),
+            &[
+                "run",
+                "--no-masking",
+                "--env-file",
+                references.to_str().unwrap(),
+                "--",
+                "printenv",
+                key,
+            ],
+            None,
+            &[(key, "inherited value loses")],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(stdout(&output), format!("{value}\n"), "lk run {key}");
+    }
+
+    // Each line of a multi-line value is masked.
+    let output = lk_at(
+        &server.addr,
+        server.root.as_deref(),
+        work.path(),
+        &[
+            "run",
+            "--env-file",
+            references.to_str().unwrap(),
+            "--",
+            "printenv",
+            "PRIVATE_KEY",
+        ],
+        None,
+        &[],
+    );
+    let shown = stdout(&output);
+    assert!(
+        !shown.contains("MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"),
+        "{shown}"
+    );
+    assert_eq!(shown, "***\n", "the whole value is masked");
+
+    // A line of a multi-line value printed on its own is masked too.
+    let output = lk_at(
+        &server.addr,
+        server.root.as_deref(),
+        work.path(),
+        &[
+            "run",
+            "--env-file",
+            references.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PRIVATE_KEY\" | sed -n 2p",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(stdout(&output), "***\n");
+
+    let bad_env = work.path().join("bad.env");
+    std::fs::write(&bad_env, "GOOD=1\nKEY=\"never closed\n").unwrap();
+    let output = server.lk(
+        server.root.as_deref(),
+        &[
+            "secret",
+            "import",
+            "--vault",
+            "app",
+            bad_env.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("line 2"), "{}", stderr(&output));
+    let output = server.lk(
+        server.root.as_deref(),
+        &["read", "lk://app/GOOD/value"],
+        None,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "a rejected env file imports nothing"
+    );
+
+    // lk inject writes a 0600 file.
+    let template = work.path().join("config.tmpl");
+    std::fs::write(&template, "url: {{ lk://app/DATABASE_URL/value }}\ngreeting: {{lk://app/GREETING/value}}\nhelm: {{ .Values.x }}\n").unwrap();
+    let rendered = work.path().join("config.yaml");
+    server.root(&[
+        "inject",
+        "-i",
+        template.to_str().unwrap(),
+        "-o",
+        rendered.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&rendered).unwrap(),
+        "url: postgres://app:p%40ss@db:5432/app?sslmode=require&x=1\ngreeting: héllo wörld ✓ 日本\nhelm: {{ .Values.x }}\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn restart_keeps_data_and_prints_no_new_token() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev(&data, true);
+    let root = server.root.clone().unwrap();
+    server.root(&["vault", "create", "v"]);
+    server.root(&["secret", "put", "lk://v/s", "f=kept"]);
+    server.stop();
+
+    let mut again = Server::start_dev(&data, false);
+    again.root = Some(root);
+    assert_eq!(stdout(&again.root(&["read", "lk://v/s/f"])), "kept");
+    again.root(&["audit", "verify"]);
+}
+
+#[test]
+fn kill_9_during_writes_loses_no_acknowledged_write() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev(&data, true);
+    let root = server.root.clone().unwrap();
+    server.root(&["vault", "create", "v"]);
+    let addr = server.addr.clone();
+    let config = work.path().join("config");
+
+    let writer = {
+        let root = root.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            for i in 0..400 {
+                let output = lk_at(
+                    &addr,
+                    Some(&root),
+                    &config,
+                    &["secret", "put", "lk://v/s", &format!("f=value-{i}")],
+                    None,
+                    &[],
+                );
+                if !output.status.success() {
+                    break;
+                }
+                acknowledged.push(i);
+            }
+            acknowledged
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    nix_kill(server.child.id(), "KILL").unwrap();
+    let acknowledged = writer.join().unwrap();
+    assert!(
+        !acknowledged.is_empty(),
+        "some writes were acknowledged before the kill"
+    );
+    drop(server);
+
+    let mut again = Server::start_dev(&data, false);
+    again.root = Some(root);
+    for i in &acknowledged {
+        let output = again.root(&["read", &format!("lk://v/s/f?version={}", i + 1)]);
+        assert_eq!(stdout(&output), format!("value-{i}"));
+    }
+    let output = again.root(&["audit", "verify"]);
+    assert!(stdout(&output).contains("audit chain intact"));
+}
+
+#[tokio::test]
+async fn audit_verify_names_the_first_tampered_event() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev(&data, true);
+    quickstart(&server, work.path());
+    let export = work.path().join("audit.jsonl");
+    server.root(&["audit", "export", "-o", export.to_str().unwrap()]);
+    let output = server.root(&["audit", "verify", "--file", export.to_str().unwrap()]);
+    assert!(stdout(&output).contains("audit chain intact"));
+
+    // An export with one event removed fails offline.
+    let lines: Vec<String> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut cut = lines.clone();
+    cut.remove(3);
+    let cut_file = work.path().join("cut.jsonl");
+    std::fs::write(&cut_file, cut.join("\n")).unwrap();
+    let output = server.lk(
+        None,
+        &["audit", "verify", "--file", cut_file.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("sequence 4"),
+        "{}",
+        stderr(&output)
+    );
+
+    // An edited row in the live store fails too.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("latchkey.db").display()))
+            .await
+            .unwrap();
+    sqlx::query("UPDATE audit_events SET principal = 'User::\"mallory\"' WHERE seq = 6")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let output = server.lk(server.root.as_deref(), &["audit", "verify"], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("audit chain broken at sequence 6"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn production_mode_requires_tls_and_unseals_with_shares() {
+    let work = tempfile::tempdir().unwrap();
+    let plain = work.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        format!("data_dir = \"{}\"\n", work.path().join("data").display()),
+    )
+    .unwrap();
+    let output = Command::new(LK)
+        .args(["server", "--config", plain.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("TLS is required"),
+        "{}",
+        stderr(&output)
+    );
+
+    let (cert, key) = write_tls_files(work.path());
+    let config = work.path().join("latchkey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            work.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    // The config listens on port 0, so find the port from the log line.
+    let log = work.path().join("server.log");
+    let mut child = Command::new(LK)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("listening")) {
+            let port = line
+                .split("127.0.0.1:")
+                .nth(1)
+                .unwrap()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap();
+            break format!("https://127.0.0.1:{port}");
+        }
+        assert!(Instant::now() < deadline, "no listening line: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let cacert = cert.to_str().unwrap();
+    let run = |token: Option<&str>, args: &[&str], stdin: Option<&[u8]>| {
+        lk_at(
+            &addr,
+            token,
+            work.path(),
+            args,
+            stdin,
+            &[("LATCHKEY_CACERT", cacert)],
+        )
+    };
+
+    let output = run(
+        None,
+        &[
+            "operator",
+            "init",
+            "--shares",
+            "3",
+            "--threshold",
+            "2",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let init: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let root = init["root_token"].as_str().unwrap().to_string();
+    let shares: Vec<String> = init["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+
+    let output = run(Some(&root), &["vault", "create", "x"], None);
+    assert_eq!(output.status.code(), Some(6), "sealed: {}", stderr(&output));
+    let output = run(None, &["status"], None);
+    assert!(
+        stdout(&output).contains("sealed:       true"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = run(
+        None,
+        &["operator", "unseal", "--stdin"],
+        Some(shares[2].as_bytes()),
+    );
+    assert!(stdout(&output).contains("1/2"), "{}", stderr(&output));
+    let output = run(
+        None,
+        &["operator", "unseal", "--stdin"],
+        Some(b"lkshare_garbage"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let output = run(
+        None,
+        &["operator", "unseal", "--stdin"],
+        Some(shares[0].as_bytes()),
+    );
+    assert_eq!(stdout(&output).trim(), "unsealed");
+    let output = run(Some(&root), &["vault", "create", "x"], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let output = lk_at(
+        &addr,
+        Some(&root),
+        work.path(),
+        &["vault", "list"],
+        None,
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "an untrusted certificate is refused"
+    );
+
+    let _ = nix_kill(child.id(), "TERM");
+    let _ = child.wait();
+}
+
+#[test]
+fn login_stores_the_token_privately() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let alice = quickstart(&server, work.path());
+    let output = server.lk(None, &["login", "--token", &alice], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let file = work.path().join("data.config").join("token");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let output = server.lk(None, &["read", "lk://staging/db/username"], None);
+    assert_eq!(stdout(&output), "app");
+    let output = server.lk(None, &["logout"], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!file.exists());
+    let output = server.lk(Some(&alice), &["whoami"], None);
+    assert_eq!(output.status.code(), Some(3), "logout revoked the token");
+    let output = server.lk(None, &["login", "--token", "lkt_short"], None);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,9 @@
+pub mod audit;
+pub mod crypto;
+pub mod dotenv;
+pub mod duration;
+pub mod policy;
+pub mod reference;
+pub mod template;
+pub mod token;
+pub mod unseal;

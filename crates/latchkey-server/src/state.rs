@@ -1,0 +1,245 @@
+//! Shared server state and the authorization step every handler goes through.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use latchkey_core::audit::{AuditRecord, Outcome, format_time};
+use latchkey_core::policy::{
+    AccessRequest, Action, Decision, PolicyEngine, RequestContext, Resource,
+};
+use latchkey_store::Store;
+
+use crate::audit_log::AuditLog;
+use crate::auth::{Caller, TokenCache};
+use crate::error::{ApiError, ApiResult};
+use crate::keyring::Keyring;
+
+/// Server-wide settings that handlers read.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub dev: bool,
+    /// Default token lifetime, in seconds.
+    pub default_token_ttl: u64,
+    /// Longest lifetime any token may reach through renewal, in seconds.
+    pub max_token_ttl: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            dev: false,
+            default_token_ttl: 3600,
+            max_token_ttl: 24 * 3600,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keyring: Keyring,
+    pub policies: RwLock<Arc<PolicyEngine>>,
+    pub tokens: TokenCache,
+    pub audit: AuditLog,
+    pub settings: Settings,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub async fn new(store: Arc<dyn Store>, settings: Settings) -> anyhow::Result<AppState> {
+        let audit = AuditLog::start(Arc::clone(&store)).await?;
+        let engine = load_policy_engine(store.as_ref()).await?;
+        Ok(AppState {
+            store,
+            keyring: Keyring::default(),
+            policies: RwLock::new(Arc::new(engine)),
+            tokens: TokenCache::default(),
+            audit,
+            settings,
+        })
+    }
+
+    pub fn engine(&self) -> Arc<PolicyEngine> {
+        self.policies
+            .read()
+            .map(|e| Arc::clone(&e))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Rebuilds the policy engine from the store after a policy changed.
+    pub async fn reload_policies(&self) -> ApiResult<()> {
+        let engine = load_policy_engine(self.store.as_ref())
+            .await
+            .map_err(ApiError::internal)?;
+        if let Ok(mut guard) = self.policies.write() {
+            *guard = Arc::new(engine);
+        }
+        Ok(())
+    }
+
+    /// Decides whether the caller may take `action` on `resource`, and fills the request's
+    /// audit slot with the decision. A deny becomes a `permission_denied` error.
+    pub fn authorize(
+        &self,
+        ctx: &RequestCtx,
+        action: Action,
+        resource: &Resource,
+        grant: bool,
+    ) -> ApiResult<Decision> {
+        let decision = self.decide(&ctx.caller, action, resource, grant);
+        let principal = ctx.caller.principal.uid_string();
+        let resource_uid = resource.uid_string();
+        ctx.slot.prepare(
+            action.as_str(),
+            &resource_uid,
+            if decision.allowed {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+            decision.policies.clone(),
+        );
+        if !decision.errors.is_empty() {
+            tracing::warn!(errors = ?decision.errors, "policy evaluation errors");
+        }
+        if decision.allowed {
+            tracing::debug!(%principal, action = action.as_str(), resource = %resource_uid, policies = ?decision.policies, "allowed");
+            Ok(decision)
+        } else {
+            tracing::debug!(%principal, action = action.as_str(), resource = %resource_uid, "denied");
+            Err(ApiError::permission_denied(
+                &principal,
+                action.as_str(),
+                &resource_uid,
+            ))
+        }
+    }
+
+    /// Decides without touching the audit slot (for filtering lists).
+    pub fn decide(
+        &self,
+        caller: &Caller,
+        action: Action,
+        resource: &Resource,
+        grant: bool,
+    ) -> Decision {
+        let context = RequestContext {
+            token_kind: caller.token.kind.clone(),
+            now: chrono::Utc::now().timestamp(),
+            grant,
+            mfa: false,
+        };
+        let request = AccessRequest {
+            principal: &caller.principal,
+            action,
+            resource,
+            context: &context,
+        };
+        self.engine().decide(&request)
+    }
+
+    /// Writes the request's prepared audit event now and waits until it is durable.
+    /// Handlers call this before returning a secret and before changing state.
+    pub async fn commit_audit(&self, ctx: &RequestCtx) -> ApiResult<()> {
+        let record = ctx.slot.take_for_commit(ctx);
+        match record {
+            Some(record) => {
+                self.audit
+                    .append(record)
+                    .await
+                    .map_err(|_| ApiError::audit_unavailable())?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+async fn load_policy_engine(store: &dyn Store) -> anyhow::Result<PolicyEngine> {
+    let rows = store.list_policies().await?;
+    let engine = PolicyEngine::new(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
+    Ok(engine)
+}
+
+/// What one authenticated request carries through its handler.
+#[derive(Clone)]
+pub struct RequestCtx {
+    pub caller: Caller,
+    pub request_id: String,
+    pub client_addr: Option<String>,
+    pub slot: AuditSlot,
+}
+
+/// The audit event of one request, filled in as the handler decides.
+#[derive(Clone, Default)]
+pub struct AuditSlot(Arc<Mutex<SlotState>>);
+
+#[derive(Default)]
+pub struct SlotState {
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub policies: Vec<String>,
+    pub detail: BTreeMap<String, String>,
+    /// True once the handler committed the event itself.
+    pub committed: bool,
+}
+
+impl AuditSlot {
+    pub fn prepare(&self, action: &str, resource: &str, outcome: Outcome, policies: Vec<String>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.action = Some(action.to_string());
+            state.resource = Some(resource.to_string());
+            state.outcome = Some(outcome);
+            state.policies = policies;
+        }
+    }
+
+    /// Adds a fact to the event (a field name, a version, a target id). Never a secret.
+    pub fn detail(&self, key: &str, value: impl Into<String>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.detail.insert(key.to_string(), value.into());
+        }
+    }
+
+    fn take_for_commit(&self, ctx: &RequestCtx) -> Option<AuditRecord> {
+        let mut state = self.0.lock().ok()?;
+        if state.committed || state.action.is_none() {
+            return None;
+        }
+        state.committed = true;
+        Some(build_record(
+            &state,
+            ctx,
+            state.outcome.unwrap_or(Outcome::Allowed),
+            None,
+        ))
+    }
+
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut SlotState) -> T) -> Option<T> {
+        self.0.lock().ok().map(|mut s| f(&mut s))
+    }
+}
+
+pub fn build_record(
+    state: &SlotState,
+    ctx: &RequestCtx,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        time: format_time(chrono::Utc::now()),
+        request_id: ctx.request_id.clone(),
+        principal: ctx.caller.principal.uid_string(),
+        action: state.action.clone().unwrap_or_default(),
+        resource: state.resource.clone().unwrap_or_default(),
+        outcome,
+        reason,
+        policies: state.policies.clone(),
+        client_addr: ctx.client_addr.clone(),
+        token_id: Some(ctx.caller.token.accessor.clone()),
+        detail: state.detail.clone(),
+    }
+}

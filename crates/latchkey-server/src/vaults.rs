@@ -1,0 +1,148 @@
+//! Vaults: named containers of secrets, each with its own data key.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use latchkey_core::audit::Outcome;
+use latchkey_core::policy::{Action, Resource};
+use latchkey_store::VaultRow;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, format_unix, new_id, validate_name, validate_tags};
+use crate::state::{RequestCtx, SharedState};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVaultBody {
+    pub name: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VaultResponse {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VaultListResponse {
+    pub vaults: Vec<VaultResponse>,
+}
+
+impl From<&VaultRow> for VaultResponse {
+    fn from(row: &VaultRow) -> VaultResponse {
+        VaultResponse {
+            name: row.name.clone(),
+            tags: row.tags.clone(),
+            created_at: format_unix(row.created_at),
+        }
+    }
+}
+
+pub fn vault_resource(row: &VaultRow) -> Resource {
+    Resource::Vault {
+        name: row.name.clone(),
+        tags: row.tags.clone(),
+    }
+}
+
+/// Loads a vault. A missing vault is a 404 only for callers who could `action` it if it
+/// existed; others get the same 403 as for an existing vault they may not touch.
+pub async fn load_vault(
+    state: &SharedState,
+    ctx: &RequestCtx,
+    name: &str,
+    action: Action,
+) -> ApiResult<VaultRow> {
+    validate_name("vault", name)?;
+    match state.store.vault_by_name(name).await? {
+        Some(row) => Ok(row),
+        None => {
+            let resource = Resource::Vault {
+                name: name.to_string(),
+                tags: BTreeMap::new(),
+            };
+            state.authorize(ctx, action, &resource, false)?;
+            Err(ApiError::not_found(format!(
+                "vault `{name}` not found: `lk vault list` shows the vaults you can see"
+            )))
+        }
+    }
+}
+
+/// Create a vault (action `admin` on `System`).
+#[utoipa::path(post, path = "/v1/vaults", tag = "vaults", request_body = CreateVaultBody,
+    responses((status = 201, body = VaultResponse), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create_vault(
+    State(state): State<SharedState>,
+    ctx: RequestCtx,
+    ApiJson(body): ApiJson<CreateVaultBody>,
+) -> ApiResult<(StatusCode, Json<VaultResponse>)> {
+    validate_name("vault", &body.name)?;
+    validate_tags(&body.tags)?;
+
+    state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("vault", body.name.clone());
+    state.commit_audit(&ctx).await?;
+
+    let id = new_id("vlt");
+    let (_, wrapped_key) = state
+        .keyring
+        .new_vault_key(&id)
+        .map_err(ApiError::internal)?;
+    let row = VaultRow {
+        id,
+        name: body.name,
+        tags: body.tags,
+        wrapped_key,
+        created_at: chrono::Utc::now().timestamp(),
+    };
+    state.store.create_vault(&row).await?;
+    tracing::info!(vault = %row.name, vault.id = %row.id, "vault created");
+    Ok((StatusCode::CREATED, Json(VaultResponse::from(&row))))
+}
+
+/// List the vaults the caller may `list`.
+#[utoipa::path(get, path = "/v1/vaults", tag = "vaults", responses((status = 200, body = VaultListResponse)))]
+pub async fn list_vaults(
+    State(state): State<SharedState>,
+    ctx: RequestCtx,
+) -> ApiResult<Json<VaultListResponse>> {
+    let rows = state.store.list_vaults().await?;
+    let vaults = rows
+        .iter()
+        .filter(|row| {
+            state
+                .decide(&ctx.caller, Action::List, &vault_resource(row), false)
+                .allowed
+        })
+        .map(VaultResponse::from)
+        .collect::<Vec<_>>();
+    ctx.slot.prepare(
+        "list",
+        &Resource::System.uid_string(),
+        Outcome::Allowed,
+        Vec::new(),
+    );
+    ctx.slot.detail("visible_vaults", vaults.len().to_string());
+    Ok(Json(VaultListResponse { vaults }))
+}
+
+/// Show one vault (action `list` on the vault).
+#[utoipa::path(get, path = "/v1/vaults/{vault}", tag = "vaults", params(("vault" = String, Path)),
+    responses((status = 200, body = VaultResponse), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_vault(
+    State(state): State<SharedState>,
+    ctx: RequestCtx,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<VaultResponse>> {
+    let row = load_vault(&state, &ctx, &name, Action::List).await?;
+    state.authorize(&ctx, Action::List, &vault_resource(&row), false)?;
+    Ok(Json(VaultResponse::from(&row)))
+}

@@ -1,0 +1,101 @@
+//! Latchkey's storage layer: the [`Store`] trait and its SQLite implementation.
+//!
+//! The store keeps rows and enforces uniqueness and transactions; it never sees a key or a
+//! plaintext secret. Sealing, policy and audit hashing happen above it.
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use latchkey_core::audit::AuditEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("the store is already initialized")]
+    AlreadyInitialized,
+    #[error("{0} changed concurrently; retry")]
+    Concurrent(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Persistent state of one Latchkey deployment.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns the stored seal configuration (JSON written by the server at init).
+    async fn seal_config(&self) -> StoreResult<Option<String>>;
+    /// Stores the seal configuration, the root principal and the root token in one
+    /// transaction; fails with [`StoreError::AlreadyInitialized`] when a seal exists.
+    async fn initialize(
+        &self,
+        seal_config: &str,
+        root: &PrincipalRow,
+        root_token: &TokenRow,
+    ) -> StoreResult<()>;
+
+    async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()>;
+    async fn vault_by_name(&self, name: &str) -> StoreResult<Option<VaultRow>>;
+    async fn vault_by_id(&self, id: &str) -> StoreResult<Option<VaultRow>>;
+    async fn list_vaults(&self) -> StoreResult<Vec<VaultRow>>;
+
+    async fn secret_by_name(&self, vault_id: &str, name: &str) -> StoreResult<Option<SecretRow>>;
+    async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>>;
+    /// Writes a new version. `expected` is the secret as the caller read it (None when it
+    /// did not exist); if the stored secret differs, nothing is written and
+    /// [`StoreError::Concurrent`] is returned so the caller can seal again and retry.
+    async fn put_secret_version(
+        &self,
+        expected: Option<&SecretRow>,
+        secret: &SecretRow,
+        version: &SecretVersionRow,
+    ) -> StoreResult<()>;
+    async fn secret_version(
+        &self,
+        secret_id: &str,
+        version: u32,
+    ) -> StoreResult<Option<SecretVersionRow>>;
+    /// Lists versions, newest first, without their ciphertexts.
+    async fn secret_versions(&self, secret_id: &str) -> StoreResult<Vec<SecretVersionMeta>>;
+    /// Deletes a secret and all its versions; returns false when it did not exist.
+    async fn delete_secret(&self, secret_id: &str) -> StoreResult<bool>;
+
+    async fn create_principal(&self, principal: &PrincipalRow) -> StoreResult<()>;
+    async fn principal_by_name(&self, kind: &str, name: &str) -> StoreResult<Option<PrincipalRow>>;
+    async fn principal_by_id(&self, id: &str) -> StoreResult<Option<PrincipalRow>>;
+    async fn list_principals(&self) -> StoreResult<Vec<PrincipalRow>>;
+    /// Replaces a principal's group memberships.
+    async fn set_groups(&self, principal_id: &str, groups: &[String]) -> StoreResult<()>;
+
+    /// Creates or replaces a policy; returns true when it was created.
+    async fn put_policy(&self, name: &str, text: &str, now: i64) -> StoreResult<bool>;
+    async fn policy(&self, name: &str) -> StoreResult<Option<PolicyRow>>;
+    async fn list_policies(&self) -> StoreResult<Vec<PolicyRow>>;
+    async fn delete_policy(&self, name: &str) -> StoreResult<bool>;
+
+    async fn insert_token(&self, token: &TokenRow) -> StoreResult<()>;
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<TokenRow>>;
+    async fn token_by_accessor(&self, accessor: &str) -> StoreResult<Option<TokenRow>>;
+    async fn list_tokens(&self, principal_id: Option<&str>) -> StoreResult<Vec<TokenRow>>;
+    /// Marks a token revoked; returns false when it was unknown or already revoked.
+    async fn revoke_token(&self, accessor: &str, now: i64) -> StoreResult<bool>;
+    /// Moves a live token's expiry; returns false when it is unknown or revoked.
+    async fn set_token_expiry(&self, accessor: &str, expires_at: i64) -> StoreResult<bool>;
+
+    /// Returns the last audit event's sequence number and hash.
+    async fn audit_head(&self) -> StoreResult<Option<(u64, String)>>;
+    /// Appends events in one durable transaction; they must continue the stored chain.
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Returns up to `limit` events with a sequence number above `after`, in order.
+    async fn audit_events(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+}

@@ -1,0 +1,79 @@
+//! Rows as the store keeps them.
+
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultRow {
+    pub id: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    /// The vault's data key sealed under the root key; opaque here.
+    pub wrapped_key: Vec<u8>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRow {
+    pub id: String,
+    pub vault_id: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub current_version: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One sealed version of a secret. The ciphertext holds every field's value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretVersionRow {
+    pub secret_id: String,
+    pub version: u32,
+    pub field_names: Vec<String>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretVersionMeta {
+    pub version: u32,
+    pub field_names: Vec<String>,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalRow {
+    pub id: String,
+    /// `user`, `workload`, `agent` or `service_account`.
+    pub kind: String,
+    pub name: String,
+    pub active: bool,
+    pub groups: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub name: String,
+    pub text: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A token as stored: its SHA-256 hash and public accessor, never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    pub accessor: String,
+    pub hash: [u8; 32],
+    pub principal_id: String,
+    /// `root` or `user`.
+    pub kind: String,
+    pub created_at: i64,
+    /// Seconds a renewal without an explicit increment adds.
+    pub ttl: i64,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub created_by: Option<String>,
+}
