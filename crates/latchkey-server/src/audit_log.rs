@@ -2,7 +2,7 @@
 //!
 //! Request handlers hand a record to [`AuditLog::append`] and wait. One writer task takes
 //! every record waiting at that moment, chains them, stores them in a single transaction
-//! (one fsync for the whole batch) and then answers each waiter. A waiter learns that its
+//! (one fsync for the whole batch) and then notifies each waiter. A waiter learns that its
 //! event is durable only after the commit, so a handler that returns a secret after
 //! `append` succeeded never returns one whose access went unrecorded.
 
@@ -13,7 +13,7 @@ use latchkey_core::audit::{AuditEvent, AuditRecord, GENESIS_HASH, seal_event};
 use latchkey_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-/// The most records one batch takes; the rest wait for the next commit.
+/// Maximum records in one batch; the rest wait for the next commit.
 const MAX_BATCH: usize = 2048;
 /// Records waiting for the writer before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -129,7 +129,7 @@ async fn run_writer(
                     let _ = pending.done.send(Err(AuditUnavailable));
                 }
                 // The commit may have failed after it reached the disk; continue from what
-                // the store holds so the next batch neither forks nor repeats the chain.
+                // the store contains, so the next batch neither forks nor repeats the chain.
                 if let Ok(stored) = load_head(store.as_ref()).await {
                     head = stored;
                 }

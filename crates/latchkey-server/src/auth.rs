@@ -63,7 +63,7 @@ impl TokenCache {
     }
 }
 
-/// Why authentication failed: recorded in the audit log, never told to the client.
+/// Why authentication failed: recorded in the audit log, never sent to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,

@@ -46,7 +46,7 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
-    /// The answer to every failed authentication: the client learns nothing about why.
+    /// Returns the error for every failed authentication, so the client learns nothing about why.
     pub fn unauthenticated() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -79,7 +79,7 @@ impl ApiError {
         )
     }
 
-    /// An internal fault. `detail` is logged here, once, and never sent to the client.
+    /// Logs an internal fault once and returns a generic 500; `detail` never reaches the client.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "internal error");
         ApiError::new(

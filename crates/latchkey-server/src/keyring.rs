@@ -1,7 +1,7 @@
 //! The seal: the root key, the unseal key that wraps it, and the vault data keys.
 //!
 //! The root key lives only in memory, and only while the server is unsealed. The store
-//! holds it wrapped by the unseal key (a key file in dev mode, a passphrase through
+//! keeps it wrapped by the unseal key (a key file in dev mode, a passphrase through
 //! Argon2id, or Shamir shares), together with a description of how to unwrap it.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use latchkey_core::crypto::{self, Key256, aad};
 use latchkey_core::unseal::{self, KeyShare, PassphraseParams};
 use serde::{Deserialize, Serialize};
 
-/// How the unseal key is obtained; stored as JSON in the store's `seal` entry.
+/// Source of the unseal key, stored as JSON in the store's `seal` entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SealConfig {

@@ -25,7 +25,7 @@ use crate::vaults::load_vault;
 /// How often a write is sealed again when another write to the same secret won the race.
 const PUT_ATTEMPTS: usize = 5;
 
-/// Text that holds a secret value: zeroized on drop, never printed by `Debug`.
+/// Text that contains a secret value: zeroized on drop, never printed by `Debug`.
 pub struct SecretText(pub Zeroizing<String>);
 
 impl<'de> Deserialize<'de> for SecretText {

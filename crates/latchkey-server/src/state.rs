@@ -20,7 +20,7 @@ pub struct Settings {
     pub dev: bool,
     /// Default token lifetime, in seconds.
     pub default_token_ttl: u64,
-    /// Longest lifetime any token may reach through renewal, in seconds.
+    /// Maximum lifetime any token may reach through renewal, in seconds.
     pub max_token_ttl: u64,
     pub max_body_bytes: usize,
 }
@@ -163,7 +163,7 @@ async fn load_policy_engine(store: &dyn Store) -> anyhow::Result<PolicyEngine> {
     Ok(engine)
 }
 
-/// What one authenticated request carries through its handler.
+/// Context of one authenticated request, passed to its handler.
 #[derive(Clone)]
 pub struct RequestCtx {
     pub caller: Caller,

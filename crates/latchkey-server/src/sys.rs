@@ -80,7 +80,7 @@ pub struct UnsealBody {
     pub reset: bool,
 }
 
-/// How a new deployment protects its root key.
+/// Protection for a new deployment's root key.
 pub enum UnsealMethod {
     KeyFile(Key256),
     Passphrase(Zeroizing<String>),
@@ -249,7 +249,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
     )
 }
 
-/// Whether the server is initialized and sealed, and the progress of a Shamir unseal.
+/// Shows whether the server is initialized and sealed, and the progress of a Shamir unseal.
 #[utoipa::path(get, path = "/v1/sys/seal-status", tag = "sys", responses((status = 200, body = SealStatusResponse)))]
 pub async fn seal_status(State(state): State<SharedState>) -> ApiResult<Json<SealStatusResponse>> {
     let config = load_seal_config(&state).await?;
@@ -304,7 +304,7 @@ pub async fn init(
     }))
 }
 
-/// Submit the passphrase or one share. Answers the progress toward the threshold.
+/// Submit the passphrase or one share. Returns the progress toward the threshold.
 #[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealBody,
     responses((status = 200, body = UnsealProgress), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn unseal(

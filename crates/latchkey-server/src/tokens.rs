@@ -26,7 +26,7 @@ pub struct CreateTokenBody {
     pub kind: Option<String>,
     /// Lifetime such as `15m`; defaults to the server's `default_ttl`.
     pub ttl: Option<String>,
-    /// Longest lifetime renewals may reach, such as `1h`; defaults to the server's `max_ttl`.
+    /// Maximum lifetime that renewals may reach, such as `1h`; defaults to the server's `max_ttl`.
     pub max_ttl: Option<String>,
 }
 
@@ -254,7 +254,7 @@ pub async fn whoami(
     }))
 }
 
-/// The token named by `accessor`, if the caller may manage it: its own principal's
+/// Loads the token named by `accessor` if the caller may manage it: its own principal's
 /// tokens, or any token with `admin` on `System`.
 async fn manageable_token(
     state: &SharedState,

@@ -593,7 +593,7 @@ async fn expired_token_is_401() {
         .execute(h.store.pool())
         .await
         .unwrap();
-    // The token cache holds the row; a revocation or renewal clears it, an expiry needs none.
+    // The token cache keeps the row. Revocation and renewal clear it, but expiry is checked on every request.
     let (status, _) = h.call("GET", "/v1/tokens/self", Some(&alice), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
