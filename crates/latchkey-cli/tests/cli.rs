@@ -19,8 +19,12 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `lk server --dev` on a free port and waits until it answers health.
+    /// Starts `lk server --dev` on a free port and waits until its health check passes.
     fn start_dev(data_dir: &Path, expect_token: bool) -> Server {
+        Server::start_dev_with(data_dir, expect_token, &[])
+    }
+
+    fn start_dev_with(data_dir: &Path, expect_token: bool, extra: &[&str]) -> Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -30,6 +34,7 @@ impl Server {
         let mut child = Command::new(LK)
             .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -795,4 +800,62 @@ fn login_stores_the_token_privately() {
     assert_eq!(output.status.code(), Some(3), "logout revoked the token");
     let output = server.lk(None, &["login", "--token", "lkt_short"], None);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// The PostgreSQL server CI provides; `LATCHKEY_TEST_POSTGRES_URL` overrides it.
+fn postgres_base_url() -> String {
+    std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+#[tokio::test]
+async fn quickstart_runs_on_postgres() {
+    let base = postgres_base_url();
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    let database = format!("latchkey_cli_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{database}");
+
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev_with(&data, true, &["--storage-url", &url]);
+    let alice = quickstart(&server, work.path());
+    let output = server.lk(Some(&alice), &["read", "lk://staging/db/password"], None);
+    assert_eq!(stdout(&output), "staging-Secret-7781");
+    let output = server.lk(Some(&alice), &["read", "lk://prod/db/password"], None);
+    assert_eq!(output.status.code(), Some(4));
+    let output = server.root(&["audit", "verify"]);
+    assert!(stdout(&output).contains("audit chain intact"));
+    assert!(
+        !data.join("latchkey.db").exists(),
+        "nothing was written to SQLite"
+    );
+    let root = server.root.clone();
+    server.stop();
+
+    // A restart on the same database keeps everything.
+    let mut again = Server::start_dev_with(&data, false, &["--storage-url", &url]);
+    again.root = root;
+    assert_eq!(
+        stdout(&again.root(&["read", "lk://prod/db/password"])),
+        "prod-Secret-0451"
+    );
+    again.stop();
+
+    let log = std::fs::read_to_string(work.path().join("data.log")).unwrap();
+    assert!(log.contains("storage: PostgreSQL"), "{log}");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

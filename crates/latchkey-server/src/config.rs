@@ -12,6 +12,9 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// Directory for the SQLite database (`latchkey.db`).
     pub data_dir: PathBuf,
+    /// Database URL: `postgres://user:password@host/db` for PostgreSQL, or `sqlite://PATH`;
+    /// defaults to `latchkey.db` in `data_dir`.
+    pub storage: Option<String>,
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
@@ -37,7 +40,7 @@ pub struct TlsConfig {
 pub struct TokenConfig {
     /// Lifetime of a new token when the request names none, such as `1h`.
     pub default_ttl: String,
-    /// Longest lifetime a token may reach, renewals included, such as `24h`.
+    /// Maximum lifetime a token may reach, renewals included, such as `24h`.
     pub max_ttl: String,
 }
 

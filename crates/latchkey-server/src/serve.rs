@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use latchkey_core::crypto::Key256;
-use latchkey_store::SqliteStore;
+use latchkey_store::{PostgresStore, SqliteStore, Store, redact_url};
 use zeroize::Zeroizing;
 
 use crate::config::ServerConfig;
@@ -24,6 +24,40 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub config: Option<ServerConfig>,
+    /// Database URL; overrides the config file's `storage`.
+    pub storage_url: Option<String>,
+}
+
+/// Opens the store named by `url`, or the SQLite file in `data_dir` when there is none.
+async fn open_store(url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    match url {
+        None => {
+            let path = data_dir.join(DATABASE_FILE);
+            let store = SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("cannot open the database `{}`", path.display()))?;
+            tracing::info!(storage = %path.display(), "storage: SQLite");
+            Ok(Arc::new(store))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PostgresStore::open(url)
+                .await
+                .with_context(|| format!("cannot open the database `{}`", redact_url(url)))?;
+            tracing::info!(storage = %redact_url(url), "storage: PostgreSQL");
+            Ok(Arc::new(store))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let store = SqliteStore::open_url(url)
+                .await
+                .with_context(|| format!("cannot open the database `{url}`"))?;
+            tracing::info!(storage = %url, "storage: SQLite");
+            Ok(Arc::new(store))
+        }
+        Some(url) => bail!(
+            "unsupported storage URL `{}`: use postgres://USER:PASSWORD@HOST/DATABASE or sqlite://PATH",
+            redact_url(url)
+        ),
+    }
 }
 
 fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
@@ -98,14 +132,14 @@ fn tls_config(config: &ServerConfig) -> anyhow::Result<Option<rustls::ServerConf
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("`{}` is not a PEM certificate chain", cert_path.display()))?;
     if certs.is_empty() {
-        bail!("`{}` holds no certificate", cert_path.display());
+        bail!("`{}` contains no certificate", cert_path.display());
     }
     let key_pem = Zeroizing::new(
         std::fs::read(key_path).with_context(|| format!("cannot read `{}`", key_path.display()))?,
     );
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("`{}` is not a PEM private key", key_path.display()))?
-        .with_context(|| format!("`{}` holds no private key", key_path.display()))?;
+        .with_context(|| format!("`{}` contains no private key", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -149,10 +183,12 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         bail!("give `--dev` for a local development server, or `--config FILE` for production");
     }
 
-    let store = SqliteStore::open(&data_dir.join(DATABASE_FILE))
-        .await
-        .with_context(|| format!("cannot open the database in `{}`", data_dir.display()))?;
-    let state = Arc::new(AppState::new(Arc::new(store), settings_from(&options)?).await?);
+    let storage_url = options
+        .storage_url
+        .clone()
+        .or_else(|| options.config.as_ref().and_then(|c| c.storage.clone()));
+    let store = open_store(storage_url.as_deref(), &data_dir).await?;
+    let state = Arc::new(AppState::new(store, settings_from(&options)?).await?);
 
     let listener = std::net::TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on `{}`", options.listen))?;

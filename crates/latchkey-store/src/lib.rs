@@ -1,12 +1,15 @@
-//! Latchkey's storage layer: the [`Store`] trait and its SQLite implementation.
+//! Latchkey's storage layer: the [`Store`] trait and its SQLite and PostgreSQL
+//! implementations.
 //!
-//! The store keeps rows and enforces uniqueness and transactions; it never sees a key or a
+//! The store keeps rows and enforces uniqueness and transactions; it never receives a key or a
 //! plaintext secret. Sealing, policy and audit hashing happen above it.
 
 mod model;
+mod postgres;
 mod sqlite;
 
 pub use model::*;
+pub use postgres::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -51,9 +54,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn secret_by_name(&self, vault_id: &str, name: &str) -> StoreResult<Option<SecretRow>>;
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>>;
-    /// Writes a new version. `expected` is the secret as the caller read it (None when it
-    /// did not exist); if the stored secret differs, nothing is written and
-    /// [`StoreError::Concurrent`] is returned so the caller can seal again and retry.
+    /// Writes a new version. `expected` is the secret as the caller read it, or None when it
+    /// did not exist. When the stored secret differs, nothing is written and
+    /// [`StoreError::Concurrent`] is returned, so the caller can seal again and retry.
     async fn put_secret_version(
         &self,
         expected: Option<&SecretRow>,
@@ -95,7 +98,36 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the last audit event's sequence number and hash.
     async fn audit_head(&self) -> StoreResult<Option<(u64, String)>>;
     /// Appends events in one durable transaction; they must continue the stored chain.
+    ///
+    /// Inside that transaction, with other writers shut out, the first event's `seq` must be
+    /// the stored head's plus one (1 for an empty log). Its `prev_hash` must equal the head's
+    /// hash, or the hex of [`GENESIS_HASH`](latchkey_core::audit::GENESIS_HASH) for an empty
+    /// log, in either hex case. Otherwise nothing is written and [`StoreError::Concurrent`]
+    /// is returned, because another writer moved the head: the caller reloads it with
+    /// [`Store::audit_head`] and seals the batch again. The store checks neither the links
+    /// nor the hashes inside the batch.
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
     /// Returns up to `limit` events with a sequence number above `after`, in order.
     async fn audit_events(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+}
+
+/// Checks that a batch whose first event is `first` continues the chain whose last event is
+/// `head` (None for an empty log). Both implementations call it inside their append
+/// transaction, after shutting out other writers.
+fn check_continues_head(head: Option<(u64, String)>, first: &AuditEvent) -> StoreResult<()> {
+    let (head_seq, head_hash) = match head {
+        Some(head) => head,
+        None => (0, hex_lower(&latchkey_core::audit::GENESIS_HASH)),
+    };
+    if head_seq.checked_add(1) == Some(first.seq)
+        && first.prev_hash.eq_ignore_ascii_case(&head_hash)
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Concurrent("audit chain head".into()))
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

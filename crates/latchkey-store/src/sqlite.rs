@@ -64,21 +64,21 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    /// The underlying pool, for tests that need to reach under the Store trait.
+    /// Returns the underlying pool, for tests that need to reach under the Store trait.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 }
 
-fn json_tags(tags: &BTreeMap<String, String>) -> StoreResult<String> {
+pub(crate) fn json_tags(tags: &BTreeMap<String, String>) -> StoreResult<String> {
     serde_json::to_string(tags).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn version_u32(value: i64, what: &str) -> StoreResult<u32> {
+pub(crate) fn version_u32(value: i64, what: &str) -> StoreResult<u32> {
     u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} out of range: {value}")))
 }
 
@@ -132,7 +132,7 @@ fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRow> {
     })
 }
 
-fn outcome_from_str(text: &str) -> StoreResult<Outcome> {
+pub(crate) fn outcome_from_str(text: &str) -> StoreResult<Outcome> {
     match text {
         "allowed" => Ok(Outcome::Allowed),
         "denied" => Ok(Outcome::Denied),
@@ -143,7 +143,7 @@ fn outcome_from_str(text: &str) -> StoreResult<Outcome> {
     }
 }
 
-fn outcome_str(outcome: Outcome) -> &'static str {
+pub(crate) fn outcome_str(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Allowed => "allowed",
         Outcome::Denied => "denied",
@@ -599,21 +599,17 @@ impl Store for SqliteStore {
     }
 
     async fn audit_head(&self) -> StoreResult<Option<(u64, String)>> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let seq: i64 = row.try_get("seq")?;
-        let seq =
-            u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?;
-        Ok(Some((seq, row.try_get("hash")?)))
+        audit_head(&self.pool).await
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
+        };
+        // IMMEDIATE takes the write lock before the head is read, so no other connection can
+        // append between the check and the insert.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        crate::check_continues_head(audit_head(&mut *tx).await?, first)?;
         for chunk in events.chunks(AUDIT_ROWS_PER_INSERT) {
             let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO audit_events (seq, time, request_id, principal, action, resource, \
@@ -679,6 +675,18 @@ impl SqliteStore {
             id,
         })
     }
+}
+
+async fn audit_head(
+    executor: impl sqlx::Executor<'_, Database = Sqlite>,
+) -> StoreResult<Option<(u64, String)>> {
+    let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(executor)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let seq: i64 = row.try_get("seq")?;
+    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?;
+    Ok(Some((seq, row.try_get("hash")?)))
 }
 
 async fn insert_token(

@@ -1,11 +1,18 @@
 //! The store conformance suite: behaviour every `Store` implementation must share.
-//! Each check takes `&dyn Store`, so another backend runs the same functions.
+//! Each check takes `&dyn Store`, so every backend runs the same functions.
+//!
+//! The PostgreSQL cases need a server: `LATCHKEY_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`, names a database through which each case
+//! creates, and afterwards drops, a database of its own. They fail, not skip, when the server
+//! cannot be reached.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
-use latchkey_core::audit::{AuditRecord, GENESIS_HASH, Outcome, seal_event};
+use latchkey_core::audit::{
+    AuditEvent, AuditRecord, ChainVerifier, GENESIS_HASH, Outcome, seal_event,
+};
 use latchkey_store::{
     PrincipalRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError, TokenRow, VaultRow,
 };
@@ -299,10 +306,221 @@ async fn audit_appends_in_order_and_refuses_duplicates(store: &dyn Store) {
 
     let duplicate = store.append_audit(&events[1199..]).await;
     assert!(
-        duplicate.is_err(),
-        "a sequence number is never written twice"
+        matches!(duplicate, Err(StoreError::Concurrent(_))),
+        "a sequence number is never written twice: {duplicate:?}"
     );
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 1200);
+}
+
+/// Seals `count` events that continue a chain whose last event is `head`.
+fn continue_chain(head: Option<&(u64, String)>, count: u64, tag: &str) -> Vec<AuditEvent> {
+    let (mut seq, mut prev) = match head {
+        Some((seq, hash)) => (*seq, hex_to_array(hash)),
+        None => (0, GENESIS_HASH),
+    };
+    (0..count)
+        .map(|i| {
+            seq += 1;
+            let mut rec = record(seq);
+            rec.request_id = format!("{tag}-{i}");
+            let event = seal_event(seq, &prev, rec);
+            prev = hex_to_array(&event.hash);
+            event
+        })
+        .collect()
+}
+
+fn assert_head_moved(result: Result<(), StoreError>, why: &str) {
+    match result {
+        Err(StoreError::Concurrent(what)) => assert_eq!(what, "audit chain head", "{why}"),
+        other => panic!("{why}: expected Concurrent(\"audit chain head\"), got {other:?}"),
+    }
+}
+
+async fn append_audit_rejects_a_batch_that_does_not_continue_the_head(store: &dyn Store) {
+    let skipping_one = continue_chain(Some(&(1, hex(&GENESIS_HASH))), 2, "early");
+    assert_head_moved(
+        store.append_audit(&skipping_one).await,
+        "an empty log starts at sequence 1",
+    );
+    let off_genesis = continue_chain(Some(&(0, hex(&[7; 32]))), 2, "off");
+    assert_head_moved(
+        store.append_audit(&off_genesis).await,
+        "an empty log starts from the genesis hash",
+    );
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        None,
+        "nothing was written"
+    );
+
+    let first = continue_chain(None, 3, "first");
+    store.append_audit(&first).await.unwrap();
+    let head = store.audit_head().await.unwrap().unwrap();
+    assert_eq!(head, (3, first[2].hash.clone()));
+
+    let gap = continue_chain(Some(&(4, head.1.clone())), 2, "gap");
+    assert_head_moved(
+        store.append_audit(&gap).await,
+        "a batch may not skip a number",
+    );
+    let fork = continue_chain(Some(&(3, hex(&[9; 32]))), 2, "fork");
+    assert_head_moved(
+        store.append_audit(&fork).await,
+        "a batch must link to the stored head's hash",
+    );
+    let stale = continue_chain(Some(&(2, first[1].hash.clone())), 3, "stale");
+    assert_head_moved(
+        store.append_audit(&stale).await,
+        "a writer that read an older head loses, also for events past the head",
+    );
+    assert_eq!(
+        store.audit_events(0, 100).await.unwrap(),
+        first,
+        "rejected batches wrote nothing"
+    );
+
+    let upper = (3, head.1.to_ascii_uppercase());
+    let mut next = continue_chain(Some(&upper), 2, "next");
+    next[0].prev_hash = upper.1.clone();
+    store.append_audit(&next).await.unwrap();
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        Some((5, next[1].hash.clone())),
+        "the head hash compares without regard to hex case"
+    );
+}
+
+/// Names sort by their bytes, as SQLite's default collation does, whatever the database's.
+async fn lists_sort_names_by_bytes(store: &dyn Store) {
+    let names = ["b", "B", "a", "_x", "\u{e9}", "Z", "a b", "ab"];
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+
+    for (i, name) in names.iter().enumerate() {
+        store
+            .create_vault(&vault(&format!("v{i}"), name))
+            .await
+            .unwrap();
+        store
+            .put_policy(name, "permit(principal, action, resource);", 1)
+            .await
+            .unwrap();
+        store
+            .create_principal(&principal(&format!("p{i}"), name, &[]))
+            .await
+            .unwrap();
+    }
+    let vaults: Vec<String> = store
+        .list_vaults()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(vaults, expected);
+    let policies: Vec<String> = store
+        .list_policies()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(policies, expected);
+    let principals: Vec<String> = store
+        .list_principals()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(principals, expected);
+
+    let groups: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    store.set_groups("p0", &groups).await.unwrap();
+    assert_eq!(
+        store.principal_by_id("p0").await.unwrap().unwrap().groups,
+        expected
+    );
+}
+
+/// Writers on two stores over one database append concurrently. Each reads the head, seals a
+/// batch after it, and retries when another writer moved the head first. No other error may
+/// occur, and the log ends as one unbroken chain that contains every event once.
+async fn concurrent_writers_never_fork_the_chain(a: &dyn Store, b: &dyn Store) {
+    const WRITERS_PER_STORE: usize = 2;
+    const BATCHES: usize = 15;
+
+    async fn writer(store: &dyn Store, tag: String) -> usize {
+        let mut lost = 0;
+        for batch in 0..BATCHES {
+            loop {
+                let head = store.audit_head().await.unwrap();
+                let count = (batch % 3 + 1) as u64;
+                let events = continue_chain(head.as_ref(), count, &format!("{tag}-{batch}"));
+                match store.append_audit(&events).await {
+                    Ok(()) => break,
+                    Err(StoreError::Concurrent(what)) if what == "audit chain head" => {
+                        lost += 1;
+                        assert!(lost < 10_000, "writer {tag} never got its batch in");
+                    }
+                    Err(other) => panic!("writer {tag}: unexpected error {other:?}"),
+                }
+            }
+        }
+        lost
+    }
+
+    let mut writers = Vec::new();
+    for i in 0..WRITERS_PER_STORE {
+        writers.push(writer(a, format!("a{i}")));
+        writers.push(writer(b, format!("b{i}")));
+    }
+    let lost: usize = futures_join_all(writers).await.into_iter().sum();
+
+    let per_writer: u64 = (0..BATCHES).map(|batch| (batch % 3 + 1) as u64).sum();
+    let total = per_writer * (2 * WRITERS_PER_STORE) as u64;
+    let events = a.audit_events(0, 10_000).await.unwrap();
+    assert_eq!(events.len() as u64, total, "every event was written once");
+    let mut verifier = ChainVerifier::new();
+    for event in &events {
+        verifier.push(event).unwrap();
+    }
+    assert_eq!(verifier.finish().last_seq, total);
+    assert_eq!(b.audit_head().await.unwrap().unwrap().0, total);
+    eprintln!(
+        "{} writers lost the race {lost} times",
+        2 * WRITERS_PER_STORE
+    );
+}
+
+/// Polls all futures on the current task until every one is done, returning their outputs
+/// in order. Enough for the contention above: the waiting happens in the database.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hex_to_array(text: &str) -> [u8; 32] {
@@ -332,4 +550,208 @@ mod sqlite_backend {
     sqlite_case!(tokens_revoke_and_renew);
     sqlite_case!(policies_replace_by_name);
     sqlite_case!(audit_appends_in_order_and_refuses_duplicates);
+    sqlite_case!(append_audit_rejects_a_batch_that_does_not_continue_the_head);
+    sqlite_case!(lists_sort_names_by_bytes);
+
+    #[tokio::test]
+    async fn concurrent_writers_never_fork_the_chain() {
+        let (dir, a) = sqlite().await;
+        let b = SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
+        super::concurrent_writers_never_fork_the_chain(&a, &b).await;
+    }
+}
+
+/// A database of one PostgreSQL test case, created from `LATCHKEY_TEST_POSTGRES_URL`.
+struct PgTestDatabase {
+    admin: sqlx::PgConnection,
+    name: String,
+    /// URL of the created database: the admin URL with a `dbname` parameter added.
+    url: String,
+}
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const TEST_DATABASE_PREFIX: &str = "latchkey_test_";
+/// Databases of earlier runs older than this are dropped when a case starts: a run that was
+/// killed never dropped its own.
+const STALE_AFTER_SECS: u64 = 3600;
+
+impl PgTestDatabase {
+    async fn create() -> PgTestDatabase {
+        use sqlx::Connection;
+
+        let admin_url = std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "failed to connect to PostgreSQL at `{}`: {e}; the PostgreSQL conformance tests need \
+                     it. Start the local server with `pg_ctlcluster --skip-systemctl-redirect \
+                     $(ls /etc/postgresql) main start`, or set LATCHKEY_TEST_POSTGRES_URL to a \
+                     database on a server where this user may create databases",
+                    latchkey_store::redact_url(&admin_url)
+                )
+            });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        drop_stale_databases(&mut admin, now).await;
+
+        let name = format!(
+            "{TEST_DATABASE_PREFIX}{now}_{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        // The ICU collation sorts differently from byte order, so the sort check tests the
+        // schema's own collation. A server built without ICU gets a plain database.
+        let icu = format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        );
+        if sqlx::query(&icu).execute(&mut admin).await.is_err() {
+            sqlx::query(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "failed to create database `{name}` through `{}`: {e}; the user needs \
+                         the CREATEDB privilege",
+                        latchkey_store::redact_url(&admin_url)
+                    )
+                });
+        }
+        let separator = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{separator}dbname={name}");
+        PgTestDatabase { admin, name, url }
+    }
+
+    /// Drops the database, closing any connection still open to it.
+    async fn drop_database(mut self) {
+        let result = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut self.admin)
+        .await;
+        if let Err(e) = result {
+            eprintln!("failed to drop test database `{}`: {e}", self.name);
+        }
+    }
+}
+
+/// Drops test databases whose name says they were created more than an hour ago.
+async fn drop_stale_databases(admin: &mut sqlx::PgConnection, now: u64) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(TEST_DATABASE_PREFIX)
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let created = name
+            .strip_prefix(TEST_DATABASE_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|created| now.saturating_sub(created) > STALE_AFTER_SECS) {
+            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            if let Err(e) = sqlx::query(&drop).execute(&mut *admin).await {
+                eprintln!("failed to drop stale test database `{name}`: {e}");
+            }
+        }
+    }
+}
+
+async fn open_postgres(url: &str) -> latchkey_store::PostgresStore {
+    latchkey_store::PostgresStore::open(url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "failed to open the store at `{}`: {e}",
+                latchkey_store::redact_url(url)
+            )
+        })
+}
+
+/// Runs `case` against a fresh database, then drops the database whether or not `case`
+/// panicked, and passes the panic on.
+async fn with_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let database = PgTestDatabase::create().await;
+    let outcome = tokio::spawn(case(database.url.clone())).await;
+    database.drop_database().await;
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("the test task did not finish: {e}");
+    }
+}
+
+macro_rules! postgres_case {
+    ($name:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            with_postgres(|url| async move {
+                let store = open_postgres(&url).await;
+                super::$name(&store).await;
+                store.pool().close().await;
+            })
+            .await;
+        }
+    };
+}
+
+mod postgres_backend {
+    use super::*;
+    postgres_case!(initialize_is_once);
+    postgres_case!(vaults_are_unique);
+    postgres_case!(secret_versions_use_optimistic_concurrency);
+    postgres_case!(principals_and_groups);
+    postgres_case!(tokens_revoke_and_renew);
+    postgres_case!(policies_replace_by_name);
+    postgres_case!(audit_appends_in_order_and_refuses_duplicates);
+    postgres_case!(append_audit_rejects_a_batch_that_does_not_continue_the_head);
+    postgres_case!(lists_sort_names_by_bytes);
+
+    #[tokio::test]
+    async fn concurrent_writers_never_fork_the_chain() {
+        with_postgres(|url| async move {
+            let a = open_postgres(&url).await;
+            let b = open_postgres(&url).await;
+            super::concurrent_writers_never_fork_the_chain(&a, &b).await;
+            a.pool().close().await;
+            b.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn with_postgres_drops_database_after_panic() {
+        let name = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = name.clone();
+        let failing = tokio::spawn(with_postgres(move |url| async move {
+            *seen.lock().unwrap() = url.rsplit("dbname=").next().unwrap().to_string();
+            panic!("this case fails on purpose");
+        }))
+        .await;
+        assert!(failing.unwrap_err().is_panic(), "the panic was passed on");
+
+        let name = name.lock().unwrap().clone();
+        assert!(name.starts_with(TEST_DATABASE_PREFIX), "{name}");
+        let admin_url = std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "database `{name}` was dropped");
+    }
 }

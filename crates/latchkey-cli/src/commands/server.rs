@@ -21,6 +21,10 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Database URL, such as postgres://latchkey@db.internal/latchkey; overrides the
+    /// config file's `storage`. Default: SQLite in the data directory.
+    #[arg(long, env = "LATCHKEY_STORAGE_URL")]
+    storage_url: Option<String>,
     /// Production configuration file (TOML). The server starts sealed.
     #[arg(long, conflicts_with = "dev")]
     config: Option<PathBuf>,
@@ -54,6 +58,7 @@ pub async fn run(args: ServerArgs) -> CliResult<()> {
         data_dir,
         listen,
         config,
+        storage_url: args.storage_url,
     };
     let mut stdout = std::io::stdout();
     serve(options, &mut stdout).await.map_err(CliError::from)
