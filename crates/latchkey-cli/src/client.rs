@@ -72,7 +72,10 @@ impl Client {
     }
 
     pub fn new(token: Option<std::sync::Arc<Zeroizing<String>>>) -> CliResult<Client> {
-        let base = std::env::var("LATCHKEY_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string());
+        let base = std::env::var("LATCHKEY_ADDR")
+            .ok()
+            .filter(|addr| !addr.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_ADDR.to_string());
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CliError::usage(format!(
@@ -88,12 +91,19 @@ impl Client {
                     PathBuf::from(&path).display()
                 ))
             })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 CliError::usage(format!(
                     "LATCHKEY_CACERT `{}` is not a PEM certificate: {e}",
                     PathBuf::from(&path).display()
                 ))
-            })? {
+            })?;
+            if certificates.is_empty() {
+                return Err(CliError::usage(format!(
+                    "LATCHKEY_CACERT `{}` contains no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                    PathBuf::from(&path).display()
+                )));
+            }
+            for cert in certificates {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -160,15 +170,17 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| {
-            CliError {
-                exit_code: crate::error::EXIT_UNAVAILABLE,
-                message: format!("cannot reach the server at {}: {e}; is `lk server` running and LATCHKEY_ADDR right?", self.base),
-            }
-        })?;
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(CliError::api(
+                401,
+                "unauthenticated",
+                &self.unauthenticated_message(),
+            ));
         }
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorEnvelope>(&text) {
@@ -181,13 +193,50 @@ impl Client {
         }
     }
 
+    fn unauthenticated_message(&self) -> String {
+        match &self.token {
+            None => "not signed in: set LATCHKEY_TOKEN or run `lk login --token TOKEN`".to_string(),
+            Some(_) => "the server rejected the token (invalid, expired or revoked): get a new one and set LATCHKEY_TOKEN or run `lk login --token TOKEN`".to_string(),
+        }
+    }
+
+    /// Explains a request that got no HTTP response: a TLS verification failure, or no server.
+    fn transport_error(&self, error: &reqwest::Error) -> CliError {
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let message = if chain.to_ascii_lowercase().contains("certificate")
+            || chain.contains("UnknownIssuer")
+        {
+            format!(
+                "TLS certificate verification failed for {}: {chain}; set LATCHKEY_CACERT to the PEM file of the CA that signed the server's certificate (the server certificate itself must be a leaf, CA:FALSE)",
+                self.base
+            )
+        } else {
+            format!(
+                "cannot reach the server at {}: {chain}; is `lk server` running and LATCHKEY_ADDR right?",
+                self.base
+            )
+        };
+        CliError {
+            exit_code: crate::error::EXIT_UNAVAILABLE,
+            message,
+        }
+    }
+
     /// GETs JSON whatever the status (health answers 503 with a body when sealed).
     pub async fn get_any_status(&self, segments: &[&str]) -> CliResult<(u16, serde_json::Value)> {
         let url = self.url(segments)?;
-        let response = self.http.get(url).send().await.map_err(|e| CliError {
-            exit_code: crate::error::EXIT_UNAVAILABLE,
-            message: format!("cannot reach the server at {}: {e}; is `lk server` running and LATCHKEY_ADDR right?", self.base),
-        })?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
         let value = response.json().await.unwrap_or_default();
         Ok((status, value))

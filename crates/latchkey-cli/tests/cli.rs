@@ -859,3 +859,165 @@ async fn quickstart_runs_on_postgres() {
         .await
         .unwrap();
 }
+
+#[test]
+fn logout_revokes_the_stored_token_not_the_environment_one() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let alice = quickstart(&server, work.path());
+    server.lk(None, &["login", "--token", &alice], None);
+
+    // LATCHKEY_TOKEN holds the root token while alice's token is the stored one.
+    let output = server.lk(server.root.as_deref(), &["logout"], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = server.lk(Some(&alice), &["whoami"], None);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "alice's stored token was revoked"
+    );
+    let output = server.lk(server.root.as_deref(), &["whoami"], None);
+    assert!(
+        output.status.success(),
+        "the root token in the environment still works"
+    );
+
+    let output = server.lk(server.root.as_deref(), &["logout"], None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no stored token"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn secret_rm_refuses_field_and_version_references() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    server.root(&["vault", "create", "v"]);
+    server.root(&["secret", "put", "lk://v/s", "a=1", "b=2"]);
+    for reference in ["lk://v/s/a", "lk://v/s?version=1"] {
+        let output = server.lk(server.root.as_deref(), &["secret", "rm", reference], None);
+        assert_eq!(output.status.code(), Some(2), "{reference}");
+        assert!(
+            stderr(&output).contains("deletes the whole secret"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        stdout(&server.root(&["read", "lk://v/s/b"])),
+        "2",
+        "nothing was deleted"
+    );
+
+    let output = server.lk(
+        server.root.as_deref(),
+        &["secret", "put", "lk://v/s", "a=1", "a=2"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("given twice"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = server.lk(
+        server.root.as_deref(),
+        &["secret", "list", "lk://v/s"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+
+    server.root(&["secret", "rm", "lk://v/s"]);
+    let output = server.lk(server.root.as_deref(), &["read", "lk://v/s/b"], None);
+    assert_eq!(output.status.code(), Some(5));
+}
+
+#[test]
+fn second_server_on_one_data_dir_fails() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let _first = Server::start_dev(&data, true);
+    let output = Command::new(LK)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is in use by another `lk server`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn cli_messages_guide_the_user() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    server.root(&["user", "create", "bob"]);
+
+    let output = server.lk(None, &["vault", "list"], None);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        stderr(&output)
+            .contains("not signed in: set LATCHKEY_TOKEN or run `lk login --token TOKEN`"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = server.lk(
+        server.root.as_deref(),
+        &["token", "create", "--user", "bob", "--ttl", "-5m"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("negative"), "{}", stderr(&output));
+
+    let output = server.lk(
+        server.root.as_deref(),
+        &["token", "create", "--user", "bob", "--ttl", "2d"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("`ttl` 2d is longer than the server's maximum of 1d"),
+        "{}",
+        stderr(&output)
+    );
+
+    // lk run keeps the token from the command it starts.
+    let output = Command::new(LK)
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo token=${LATCHKEY_TOKEN:-unset}",
+        ])
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_TOKEN", server.root.as_deref().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&output), "token=unset\n");
+
+    let not_pem = work.path().join("not.pem");
+    std::fs::write(&not_pem, "listen = 1\n").unwrap();
+    let output = lk_at(
+        &server.addr,
+        server.root.as_deref(),
+        work.path(),
+        &["vault", "list"],
+        None,
+        &[("LATCHKEY_CACERT", not_pem.to_str().unwrap())],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("contains no PEM certificate"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -75,6 +75,7 @@ pub async fn put_policy(
     let statements = validate_policy(&name, &body.policy).map_err(invalid_policy)?;
 
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "put_policy");
     ctx.slot.detail("policy", name.clone());
 
     // The new set must build as a whole before anything is stored.
@@ -145,6 +146,7 @@ pub async fn list_policies(
     ctx: RequestCtx,
 ) -> ApiResult<Json<PolicyListResponse>> {
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "list_policies");
     let rows = state.store.list_policies().await?;
     Ok(Json(PolicyListResponse {
         policies: rows
@@ -167,6 +169,7 @@ pub async fn delete_policy(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "delete_policy");
     ctx.slot.detail("policy", name.clone());
     if state.store.policy(&name).await?.is_none() {
         return Err(ApiError::not_found(format!(

@@ -82,6 +82,28 @@ fn create_data_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory `{}`", path.display()))
 }
 
+/// Takes an exclusive lock on the data directory for the life of the process, so a second
+/// server on the same directory fails at start instead of forking the audit chain.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the data directory `{}` is in use by another `lk server`; stop it or give another `--data-dir`",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock `{}`", path.display()))
+        }
+    }
+}
+
 /// Reads the dev-mode unseal key, creating it (mode 0600) when `create` is set.
 fn dev_unseal_key(data_dir: &Path, create: bool) -> anyhow::Result<Key256> {
     let path = data_dir.join(KEY_FILE);
@@ -175,6 +197,7 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         .map(|c| c.data_dir.clone())
         .unwrap_or_else(|| options.data_dir.clone());
     create_data_dir(&data_dir)?;
+    let _data_dir_lock = lock_data_dir(&data_dir)?;
     let tls = match &options.config {
         Some(config) if !options.dev => tls_config(config)?,
         _ => None,

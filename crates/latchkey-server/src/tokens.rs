@@ -133,6 +133,13 @@ pub async fn create_token(
         Some(text) => seconds_of("ttl", text)?,
         None => i64::try_from(state.settings.default_token_ttl).unwrap_or(3600),
     };
+    if ttl > server_max {
+        return Err(ApiError::bad_request(format!(
+            "`ttl` {} is longer than the server's maximum of {} (`tokens.max_ttl` in the server config)",
+            format_duration(std::time::Duration::from_secs(ttl as u64)),
+            format_duration(std::time::Duration::from_secs(server_max as u64)),
+        )));
+    }
     let max_ttl = match &body.max_ttl {
         Some(text) => seconds_of("max_ttl", text)?,
         None => server_max.max(ttl),
@@ -154,6 +161,7 @@ pub async fn create_token(
     let kind = body.kind.clone().unwrap_or_else(|| "user".to_string());
 
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "create_token");
     ctx.slot.detail("for", format!("{kind}:{}", body.user));
     let principal = state
         .store
@@ -213,6 +221,7 @@ pub async fn list_tokens(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<TokenListResponse>> {
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "list_tokens");
     let principal_id = match &query.user {
         Some(name) => Some(
             state

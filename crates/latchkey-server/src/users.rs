@@ -123,6 +123,7 @@ pub async fn list_users(
     ctx: RequestCtx,
 ) -> ApiResult<Json<UserListResponse>> {
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "list_principals");
     let rows = state.store.list_principals().await?;
     Ok(Json(UserListResponse {
         users: rows.iter().map(user_response).collect(),
@@ -150,6 +151,8 @@ pub async fn get_user(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<UserResponse>> {
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "get_principal");
+    ctx.slot.detail("principal", format!("user:{name}"));
     Ok(Json(user_response(&find_user(&state, &name).await?)))
 }
 
@@ -165,6 +168,8 @@ pub async fn set_groups(
     let groups = checked_groups(body.groups)?;
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
     let mut row = find_user(&state, &name).await?;
+    ctx.slot.detail("operation", "set_groups");
+    ctx.slot.detail("principal", format!("user:{name}"));
     ctx.slot.detail("groups", groups.join(","));
     state.commit_audit(&ctx).await?;
     state.store.set_groups(&row.id, &groups).await?;

@@ -88,6 +88,7 @@ pub async fn create_vault(
     validate_tags(&body.tags)?;
 
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
+    ctx.slot.detail("operation", "create_vault");
     ctx.slot.detail("vault", body.name.clone());
     state.commit_audit(&ctx).await?;
 

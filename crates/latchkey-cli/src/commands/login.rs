@@ -66,31 +66,41 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
     Ok(())
 }
 
+/// Revokes the token `lk login` stored and removes it. A token given in LATCHKEY_TOKEN is
+/// left alone: logging out never revokes a token the user did not store.
 pub async fn logout() -> CliResult<()> {
     let path = token_file()?;
-    let client = Client::from_env()?;
-    let url = client.url(&["v1", "tokens", "self", "revoke"])?;
-    let revoked = client.raw::<()>(reqwest::Method::POST, url, None).await;
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CliError::other(format!(
-                "cannot remove `{}`: {e}",
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(text) => Zeroizing::new(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::usage(format!(
+                "no stored token in `{}`: `lk logout` only ends a session started with `lk login`",
                 path.display()
             )));
         }
+        Err(e) => {
+            return Err(CliError::other(format!(
+                "cannot read `{}`: {e}",
+                path.display()
+            )));
+        }
+    };
+    let client = Client::new(None)?.with_token(stored);
+    let url = client.url(&["v1", "tokens", "self", "revoke"])?;
+    let revoked = client.raw::<()>(reqwest::Method::POST, url, None).await;
+    if let Err(error) = &revoked
+        && error.exit_code != crate::error::EXIT_UNAUTHENTICATED
+    {
+        return Err(CliError {
+            exit_code: error.exit_code,
+            message: format!("{}; the stored token was kept", error.message),
+        });
     }
+    std::fs::remove_file(&path)
+        .map_err(|e| CliError::other(format!("cannot remove `{}`: {e}", path.display())))?;
     match revoked {
         Ok(_) => println!("token revoked and removed"),
-        Err(error) if error.exit_code == crate::error::EXIT_UNAUTHENTICATED => {
-            println!("token was no longer valid; removed it locally");
-        }
-        Err(error) => {
-            return Err(
-                error.context("removed the local token, but revoking it on the server failed")
-            );
-        }
+        Err(_) => println!("the stored token was no longer valid; removed it"),
     }
     Ok(())
 }

@@ -65,10 +65,15 @@ pub async fn run(command: PolicyCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
+                let statements = text(&response, "statements");
+                let noun = if statements == "1" {
+                    "statement"
+                } else {
+                    "statements"
+                };
                 println!(
-                    "stored policy {} ({} statements)",
-                    text(&response, "name"),
-                    text(&response, "statements")
+                    "stored policy {} ({statements} {noun})",
+                    text(&response, "name")
                 );
             }
         }

@@ -80,6 +80,9 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         }
     }
 
+    // The command gets the secrets it references, not the token that can fetch any other.
+    environment.remove(&OsString::from("LATCHKEY_TOKEN"));
+
     let mut command = args.command.into_iter();
     let program = command
         .next()

@@ -154,8 +154,14 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
         } => {
             let (vault, secret, field, _) = secret_ref(&reference)?;
             if let Some(field) = field {
+                let secret_only = SecretRef {
+                    vault,
+                    secret: Some(secret),
+                    field: None,
+                    version: None,
+                };
                 return Err(CliError::usage(format!(
-                    "`{reference}` names the field `{field}`: give the secret (lk://{vault}/{secret}) and fields as name=value"
+                    "`{reference}` names the field `{field}`: give the secret ({secret_only}) and fields as name=value"
                 )));
             }
             let mut stdin_used = false;
@@ -163,6 +169,13 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                 .iter()
                 .map(|f| field_value(f, &mut stdin_used))
                 .collect::<CliResult<Vec<_>>>()?;
+            for (i, (name, _)) in values.iter().enumerate() {
+                if values[..i].iter().any(|(earlier, _)| earlier == name) {
+                    return Err(CliError::usage(format!(
+                        "the field `{name}` is given twice: give each field once"
+                    )));
+                }
+            }
             let tags = if tags.is_empty() {
                 None
             } else {
@@ -181,6 +194,13 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
         }
         SecretCommand::Get { reference, version } => {
             let (vault, secret, field, ref_version) = secret_ref(&reference)?;
+            if let (Some(flag), Some(in_reference)) = (version, ref_version)
+                && flag != in_reference
+            {
+                return Err(CliError::usage(format!(
+                    "`{reference}` asks for version {in_reference} but `--version` asks for {flag}: give one"
+                )));
+            }
             let version = version.or(ref_version);
             let mut url = client.url(&["v1", "vaults", &vault, "secrets", &secret])?;
             if let Some(version) = version {
@@ -231,10 +251,21 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
             output::table(&["FIELD", "VALUE"], &rows);
         }
         SecretCommand::List { vault } => {
-            let vault = if vault.starts_with("lk://") {
-                SecretRef::parse(&vault)
-                    .map_err(|e| CliError::usage(e.to_string()))?
-                    .vault
+            let vault = if SecretRef::is_reference(&vault) {
+                let parsed =
+                    SecretRef::parse(&vault).map_err(|e| CliError::usage(e.to_string()))?;
+                if parsed.secret.is_some() {
+                    let vault_only = SecretRef {
+                        vault: parsed.vault,
+                        secret: None,
+                        field: None,
+                        version: None,
+                    };
+                    return Err(CliError::usage(format!(
+                        "`{vault}` names a secret: `lk secret list` takes a vault ({vault_only}), and `lk secret get` shows one secret"
+                    )));
+                }
+                parsed.vault
             } else {
                 vault
             };
@@ -298,7 +329,12 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
             output::table(&["VERSION", "FIELDS", "CREATED", "BY"], &rows);
         }
         SecretCommand::Rm { reference } => {
-            let (vault, secret, _, _) = secret_ref(&reference)?;
+            let (vault, secret, field, version) = secret_ref(&reference)?;
+            if field.is_some() || version.is_some() {
+                return Err(CliError::usage(format!(
+                    "`{reference}` names a field or a version, but `lk secret rm` deletes the whole secret with all its versions; give lk://VAULT/SECRET, or write a new version without the field"
+                )));
+            }
             client
                 .delete(&["v1", "vaults", &vault, "secrets", &secret])
                 .await?;
@@ -350,8 +386,9 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                     }
                 }
                 None => {
+                    let total = latest.len();
                     for (key, value) in latest {
-                        let response = put_fields(
+                        match put_fields(
                             &client,
                             &vault,
                             &key,
@@ -360,12 +397,29 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                             false,
                         )
                         .await
-                        .map_err(|e| e.context(format!("importing `{key}`")))?;
-                        written.push((
-                            key.clone(),
-                            SecretRef::field(vault.clone(), key, "value").to_string(),
-                            text(&response, "version"),
-                        ));
+                        {
+                            Ok(response) => {
+                                written.push((
+                                    key.clone(),
+                                    SecretRef::field(vault.clone(), key, "value").to_string(),
+                                    text(&response, "version"),
+                                ));
+                            }
+                            Err(error) => {
+                                if !written.is_empty() {
+                                    eprintln!(
+                                        "imported {} of {total} variables before `{key}` failed; their references:",
+                                        written.len()
+                                    );
+                                    let pairs: Vec<(String, String)> = written
+                                        .iter()
+                                        .map(|(k, r, _)| (k.clone(), r.clone()))
+                                        .collect();
+                                    print!("{}", latchkey_core::dotenv::render(&pairs));
+                                }
+                                return Err(error.context(format!("importing `{key}`")));
+                            }
+                        }
                     }
                 }
             }
@@ -373,8 +427,13 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                 let list: Vec<_> = written.iter().map(|(k, r, v)| serde_json::json!({"variable": k, "reference": r, "version": v})).collect();
                 output::json(&list);
             } else {
+                let noun = if written.len() == 1 {
+                    "variable"
+                } else {
+                    "variables"
+                };
                 eprintln!(
-                    "imported {} variables into vault {vault}; an env file for `lk run --env-file` follows:",
+                    "imported {} {noun} into vault {vault}; an env file for `lk run --env-file` follows:",
                     written.len()
                 );
                 let pairs: Vec<(String, String)> = written

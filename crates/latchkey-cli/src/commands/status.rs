@@ -2,9 +2,10 @@
 
 use crate::client::Client;
 use crate::commands::text;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::output::{self, Format};
 
+/// Prints the server's state; fails with the "unavailable" exit code unless it is `ok`.
 pub async fn run(format: Format) -> CliResult<()> {
     let client = Client::from_env()?;
     let (_, health) = client.get_any_status(&["v1", "sys", "health"]).await?;
@@ -37,6 +38,12 @@ pub async fn run(format: Format) -> CliResult<()> {
             },
             text(&health, "audit_last_seq")
         );
+    }
+    if text(&health, "status") != "ok" {
+        return Err(CliError {
+            exit_code: crate::error::EXIT_UNAVAILABLE,
+            message: format!("the server is not ready: {}", text(&health, "status")),
+        });
     }
     Ok(())
 }

@@ -14,10 +14,10 @@ pub enum TokenCommand {
         #[arg(long)]
         user: String,
         /// Lifetime, such as `15m` or `1h30m`.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         ttl: Option<String>,
-        /// Longest lifetime renewals may reach, such as `1h`.
-        #[arg(long)]
+        /// Maximum lifetime renewals may reach, such as `1h`.
+        #[arg(long, allow_hyphen_values = true)]
         max_ttl: Option<String>,
         #[arg(long, default_value = "user", value_parser = ["user", "workload", "agent", "service_account"])]
         kind: String,
@@ -26,7 +26,7 @@ pub enum TokenCommand {
     Renew {
         accessor: Option<String>,
         /// How far from now, such as `30m`; defaults to the token's TTL.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         increment: Option<String>,
     },
     /// Revoke a token by accessor (`lk token list` shows them); takes effect at once.
