@@ -39,26 +39,46 @@ struct CachedToken {
 /// it, so a revoked token is refused on its next request.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: RwLock<HashMap<[u8; 32], Arc<CachedToken>>>,
+    entries: RwLock<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    map: HashMap<[u8; 32], Arc<CachedToken>>,
+    /// Incremented by every `clear`, so a lookup that read the store before a clear does
+    /// not cache what it read: it may predate a revocation.
+    generation: u64,
 }
 
 impl TokenCache {
     pub fn clear(&self) {
         if let Ok(mut entries) = self.entries.write() {
-            entries.clear();
+            entries.map.clear();
+            entries.generation += 1;
         }
     }
 
     fn get(&self, hash: &[u8; 32]) -> Option<Arc<CachedToken>> {
-        self.entries.read().ok().and_then(|e| e.get(hash).cloned())
+        self.entries
+            .read()
+            .ok()
+            .and_then(|e| e.map.get(hash).cloned())
     }
 
-    fn insert(&self, hash: [u8; 32], entry: Arc<CachedToken>) {
+    fn generation(&self) -> u64 {
+        self.entries.read().map(|e| e.generation).unwrap_or(0)
+    }
+
+    /// Caches an entry read from the store, unless the cache was cleared since `generation`.
+    fn insert(&self, hash: [u8; 32], entry: Arc<CachedToken>, generation: u64) {
         if let Ok(mut entries) = self.entries.write() {
-            if entries.len() >= TOKEN_CACHE_LIMIT {
-                entries.clear();
+            if entries.generation != generation {
+                return;
             }
-            entries.insert(hash, entry);
+            if entries.map.len() >= TOKEN_CACHE_LIMIT {
+                entries.map.clear();
+            }
+            entries.map.insert(hash, entry);
         }
     }
 }
@@ -118,6 +138,7 @@ pub async fn authenticate(
     let entry = match state.tokens.get(&hash) {
         Some(entry) => entry,
         None => {
+            let generation = state.tokens.generation();
             let token = state
                 .store
                 .token_by_hash(&hash)
@@ -147,7 +168,7 @@ pub async fn authenticate(
                 active: row.active,
                 token: Arc::new(token),
             });
-            state.tokens.insert(hash, Arc::clone(&entry));
+            state.tokens.insert(hash, Arc::clone(&entry), generation);
             entry
         }
     };

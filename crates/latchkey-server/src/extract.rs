@@ -43,10 +43,37 @@ impl From<JsonRejection> for ApiError {
             _ => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
-                format!("invalid JSON body: {}", rejection.body_text()),
+                format!(
+                    "invalid JSON body: {}",
+                    without_quoted_values(&rejection.body_text())
+                ),
             ),
         }
     }
+}
+
+/// Replaces every double-quoted string in a serde message with `"…"`. serde quotes the
+/// offending input (`invalid type: string "hunter2"`), and that input may be a secret value;
+/// field names stay, because serde writes them in backticks.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        out.push_str("\"…\"");
+        let mut escaped = false;
+        for inner in chars.by_ref() {
+            match inner {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => break,
+                _ => escaped = false,
+            }
+        }
+    }
+    out
 }
 
 impl From<PathRejection> for ApiError {
@@ -124,4 +151,23 @@ pub fn format_unix(seconds: i64) -> String {
     chrono::DateTime::from_timestamp(seconds, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_removed() {
+        let message =
+            r#"fields.pw: invalid type: string "hunter2 \"x\"", expected struct FieldValueBody"#;
+        assert_eq!(
+            without_quoted_values(message),
+            r#"fields.pw: invalid type: string "…", expected struct FieldValueBody"#
+        );
+        assert_eq!(
+            without_quoted_values("unknown field `colour`"),
+            "unknown field `colour`"
+        );
+    }
 }

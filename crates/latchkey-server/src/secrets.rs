@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use latchkey_core::policy::{Action, Resource};
 use latchkey_core::reference::SecretRef;
-use latchkey_store::{SecretRow, SecretVersionRow, StoreError, VaultRow};
+use latchkey_store::{SecretRow, SecretVersionRow, VaultRow};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
@@ -21,9 +21,6 @@ use crate::extract::{
 use crate::sealing::{Field, open_fields, seal_fields};
 use crate::state::{RequestCtx, SharedState};
 use crate::vaults::load_vault;
-
-/// How often a write is sealed again when another write to the same secret won the race.
-const PUT_ATTEMPTS: usize = 5;
 
 /// Text that contains a secret value: zeroized on drop, never printed by `Debug`.
 pub struct SecretText(pub Zeroizing<String>);
@@ -182,7 +179,7 @@ async fn authorize_secret(
     action: Action,
 ) -> ApiResult<(VaultRow, SecretRow)> {
     validate_name("secret", secret_name)?;
-    let vault = load_vault(state, ctx, vault_name, action).await?;
+    let vault = load_vault(state, ctx, vault_name, Some(secret_name), action).await?;
     let secret = state.store.secret_by_name(&vault.id, secret_name).await?;
     let tags = secret.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
     state.authorize(
@@ -221,10 +218,7 @@ async fn open_version(
                 secret.name, secret.current_version
             ))
         })?;
-    let key = state
-        .keyring
-        .vault_key(&vault.id, &vault.wrapped_key)
-        .map_err(ApiError::internal)?;
+    let key = vault_key(state, vault)?;
     let fields = open_fields(&key, &vault.id, &secret.id, number, &row.ciphertext)
         .map_err(ApiError::internal)?;
     Ok((row, fields))
@@ -277,18 +271,37 @@ pub async fn put_secret(
         given.push(decode_field(&name, value)?);
     }
 
-    let vault = load_vault(&state, &ctx, &vault_name, Action::Write).await?;
+    let vault = load_vault(&state, &ctx, &vault_name, Some(&secret_name), Action::Write).await?;
     let existing = state.store.secret_by_name(&vault.id, &secret_name).await?;
     let tags = new_tags
         .clone()
         .or_else(|| existing.as_ref().map(|s| s.tags.clone()))
         .unwrap_or_default();
+
+    // Writing must be allowed on the secret as it is now, and also as it will be when the
+    // write changes its tags; otherwise a writer could re-tag a secret into their reach.
+    if let Some(current) = &existing
+        && current.tags != tags
+    {
+        state.authorize(
+            &ctx,
+            Action::Write,
+            &secret_resource(&vault, &secret_name, &current.tags),
+            false,
+        )?;
+        ctx.slot.detail("old_tags", tags_text(&current.tags));
+    }
     state.authorize(
         &ctx,
         Action::Write,
         &secret_resource(&vault, &secret_name, &tags),
         false,
     )?;
+
+    let version = existing
+        .as_ref()
+        .map(|s| s.current_version + 1)
+        .unwrap_or(1);
     ctx.slot.detail(
         "fields",
         given
@@ -297,82 +310,91 @@ pub async fn put_secret(
             .collect::<Vec<_>>()
             .join(","),
     );
+    ctx.slot.detail("tags", tags_text(&tags));
+    ctx.slot.detail("merge", merge.to_string());
+    ctx.slot.detail("version", version.to_string());
     state.commit_audit(&ctx).await?;
 
-    let key = state
+    let key = vault_key(&state, &vault)?;
+    let now = chrono::Utc::now().timestamp();
+    let mut fields: Vec<Field> = Vec::new();
+    if merge && let Some(old) = &existing {
+        let (_, old_fields) = open_version(&state, &vault, old, None).await?;
+        fields = old_fields
+            .into_iter()
+            .filter(|f| !given.iter().any(|g| g.name == f.name))
+            .collect();
+    }
+    fields.extend(given.iter().map(|f| Field {
+        name: f.name.clone(),
+        value: f.value.clone(),
+    }));
+    fields.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let secret = match &existing {
+        Some(old) => SecretRow {
+            current_version: version,
+            tags,
+            updated_at: now,
+            ..old.clone()
+        },
+        None => SecretRow {
+            id: new_id("sec"),
+            vault_id: vault.id.clone(),
+            name: secret_name.clone(),
+            tags,
+            current_version: version,
+            created_at: now,
+            updated_at: now,
+        },
+    };
+    let ciphertext =
+        seal_fields(&key, &vault.id, &secret.id, version, &fields).map_err(ApiError::internal)?;
+    let row = SecretVersionRow {
+        secret_id: secret.id.clone(),
+        version,
+        field_names: fields.iter().map(|f| f.name.clone()).collect(),
+        ciphertext,
+        created_at: now,
+        created_by: ctx.caller.principal.uid_string(),
+    };
+    // A concurrent write to the same secret makes this one fail with 409 rather than retry,
+    // so the version recorded in the audit event is the version written.
+    state
+        .store
+        .put_secret_version(existing.as_ref(), &secret, &row)
+        .await?;
+    tracing::info!(vault = %vault.name, secret.id = %secret.id, version, "secret version written");
+
+    Ok(Json(PutSecretResponse {
+        reference: reference_text(&vault.name, &secret.name),
+        version,
+        fields: given.iter().map(|f| f.name.clone()).collect(),
+    }))
+}
+
+fn tags_text(tags: &BTreeMap<String, String>) -> String {
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Returns a vault's data key; a server sealed meanwhile answers 503 `sealed`.
+fn vault_key(
+    state: &SharedState,
+    vault: &VaultRow,
+) -> ApiResult<std::sync::Arc<latchkey_core::crypto::Key256>> {
+    state
         .keyring
         .vault_key(&vault.id, &vault.wrapped_key)
-        .map_err(ApiError::internal)?;
-    let mut current = existing;
-    for _ in 0..PUT_ATTEMPTS {
-        let now = chrono::Utc::now().timestamp();
-        let mut fields: Vec<Field> = Vec::new();
-        if merge && let Some(old) = &current {
-            let (_, old_fields) = open_version(&state, &vault, old, None).await?;
-            fields = old_fields
-                .into_iter()
-                .filter(|f| !given.iter().any(|g| g.name == f.name))
-                .collect();
-        }
-        fields.extend(given.iter().map(|f| Field {
-            name: f.name.clone(),
-            value: f.value.clone(),
-        }));
-        fields.sort_by(|a, b| a.name.cmp(&b.name));
-
-        let secret = match &current {
-            Some(old) => SecretRow {
-                current_version: old.current_version + 1,
-                tags: tags.clone(),
-                updated_at: now,
-                ..old.clone()
-            },
-            None => SecretRow {
-                id: new_id("sec"),
-                vault_id: vault.id.clone(),
-                name: secret_name.clone(),
-                tags: tags.clone(),
-                current_version: 1,
-                created_at: now,
-                updated_at: now,
-            },
-        };
-        let ciphertext = seal_fields(&key, &vault.id, &secret.id, secret.current_version, &fields)
-            .map_err(ApiError::internal)?;
-        let version = SecretVersionRow {
-            secret_id: secret.id.clone(),
-            version: secret.current_version,
-            field_names: fields.iter().map(|f| f.name.clone()).collect(),
-            ciphertext,
-            created_at: now,
-            created_by: ctx.caller.principal.uid_string(),
-        };
-        match state
-            .store
-            .put_secret_version(current.as_ref(), &secret, &version)
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(vault = %vault.name, secret.id = %secret.id, version = secret.current_version, "secret version written");
-                ctx.slot
-                    .detail("version", secret.current_version.to_string());
-                return Ok(Json(PutSecretResponse {
-                    reference: reference_text(&vault.name, &secret.name),
-                    version: secret.current_version,
-                    fields: version.field_names,
-                }));
+        .map_err(|error| {
+            if state.keyring.is_sealed() {
+                ApiError::sealed()
+            } else {
+                ApiError::internal(error)
             }
-            Err(StoreError::Concurrent(_)) => {
-                current = state.store.secret_by_name(&vault.id, &secret_name).await?;
-            }
-            Err(other) => return Err(other.into()),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "concurrent_update",
-        format!("secret `{secret_name}` is being written by others; retry"),
-    ))
+        })
 }
 
 /// Read every field of a secret version (action `read`).
@@ -464,7 +486,7 @@ pub async fn list_secrets(
     ctx: RequestCtx,
     ApiPath(vault_name): ApiPath<String>,
 ) -> ApiResult<Json<SecretListResponse>> {
-    let vault = load_vault(&state, &ctx, &vault_name, Action::List).await?;
+    let vault = load_vault(&state, &ctx, &vault_name, None, Action::List).await?;
     state.authorize(
         &ctx,
         Action::List,

@@ -263,8 +263,8 @@ pub async fn whoami(
     }))
 }
 
-/// Loads the token named by `accessor` if the caller may manage it: its own principal's
-/// tokens, or any token with `admin` on `System`.
+/// Loads the token named by `accessor` if the caller may manage it: the caller's own
+/// token, or any token with `admin` on `System`.
 async fn manageable_token(
     state: &SharedState,
     ctx: &RequestCtx,
@@ -274,7 +274,7 @@ async fn manageable_token(
     let row = state.store.token_by_accessor(accessor).await?;
     let own = row
         .as_ref()
-        .is_some_and(|r| r.principal_id == ctx.caller.principal_id);
+        .is_some_and(|r| r.accessor == ctx.caller.token.accessor);
     if own {
         ctx.slot.prepare(
             action,

@@ -52,21 +52,32 @@ pub fn vault_resource(row: &VaultRow) -> Resource {
     }
 }
 
-/// Loads a vault. A missing vault is a 404 only for callers who could `action` it if it
-/// existed; others get the same 403 as for an existing vault they may not touch.
+/// Loads a vault for `action` on it, or on its secret `secret` when one is named.
+///
+/// A missing vault is decided like an existing one without tags, on the same kind of
+/// resource, so callers who may not act there get the same 403 whether or not it exists.
 pub async fn load_vault(
     state: &SharedState,
     ctx: &RequestCtx,
     name: &str,
+    secret: Option<&str>,
     action: Action,
 ) -> ApiResult<VaultRow> {
     validate_name("vault", name)?;
     match state.store.vault_by_name(name).await? {
         Some(row) => Ok(row),
         None => {
-            let resource = Resource::Vault {
-                name: name.to_string(),
-                tags: BTreeMap::new(),
+            let resource = match secret {
+                Some(secret) => Resource::Secret {
+                    vault: name.to_string(),
+                    vault_tags: BTreeMap::new(),
+                    name: secret.to_string(),
+                    tags: BTreeMap::new(),
+                },
+                None => Resource::Vault {
+                    name: name.to_string(),
+                    tags: BTreeMap::new(),
+                },
             };
             state.authorize(ctx, action, &resource, false)?;
             Err(ApiError::not_found(format!(
@@ -143,7 +154,7 @@ pub async fn get_vault(
     ctx: RequestCtx,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<VaultResponse>> {
-    let row = load_vault(&state, &ctx, &name, Action::List).await?;
+    let row = load_vault(&state, &ctx, &name, None, Action::List).await?;
     state.authorize(&ctx, Action::List, &vault_resource(&row), false)?;
     Ok(Json(VaultResponse::from(&row)))
 }

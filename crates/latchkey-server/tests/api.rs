@@ -892,3 +892,186 @@ async fn passphrase_init_and_wrong_passphrase() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["sealed"], false);
 }
+
+/// A team-a writer whose policy reads and writes only `team=a` secrets.
+async fn team_a_writer(h: &Harness) -> String {
+    h.root("POST", "/v1/vaults", Some(json!({"name": "prod"})))
+        .await;
+    let (status, _) = h
+        .root(
+            "PUT",
+            "/v1/vaults/prod/secrets/db",
+            Some(json!({"fields": {"password": {"text": "TOPSECRET-b"}}, "tags": {"team": "b"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.root(
+        "POST",
+        "/v1/users",
+        Some(json!({"name": "alice", "groups": ["team-a"]})),
+    )
+    .await;
+    let policy = r#"permit(principal in Group::"team-a", action in [Action::"read", Action::"write"], resource)
+when { resource.hasTag("team") && resource.getTag("team") == "a" };"#;
+    let (status, _) = h
+        .root(
+            "PUT",
+            "/v1/policies/team-a",
+            Some(json!({"policy": policy})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, body) = h
+        .root("POST", "/v1/tokens", Some(json!({"user": "alice"})))
+        .await;
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn retagging_cannot_bring_a_secret_into_reach() {
+    let h = harness().await;
+    let alice = team_a_writer(&h).await;
+    for merge in [false, true] {
+        let body =
+            json!({"fields": {"dummy": {"text": "x"}}, "tags": {"team": "a"}, "merge": merge});
+        let (status, response) = h
+            .call(
+                "PUT",
+                "/v1/vaults/prod/secrets/db",
+                Some(&alice),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "merge={merge}: {response}");
+    }
+    for reference in ["lk://prod/db/password", "lk://prod/db/password?version=1"] {
+        let (status, _) = h
+            .call(
+                "GET",
+                &format!("/v1/read?ref={reference}"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let (_, body) = h
+        .root("GET", "/v1/vaults/prod/secrets/db/versions", None)
+        .await;
+    assert_eq!(
+        body["versions"].as_array().unwrap().len(),
+        1,
+        "nothing was written"
+    );
+
+    // Writing within reach still works, and the event records tags, merge and version.
+    let (status, body) = h
+        .call(
+            "PUT",
+            "/v1/vaults/prod/secrets/mine",
+            Some(&alice),
+            Some(json!({"fields": {"k": {"text": "v"}}, "tags": {"team": "a"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = h.events().await;
+    let write = events
+        .iter()
+        .rev()
+        .find(|e| e.record.action == "write" && e.record.resource == r#"Secret::"prod/mine""#)
+        .unwrap();
+    assert_eq!(
+        write.record.detail.get("tags").map(String::as_str),
+        Some("team=a")
+    );
+    assert_eq!(
+        write.record.detail.get("merge").map(String::as_str),
+        Some("false")
+    );
+    assert_eq!(
+        write.record.detail.get("version").map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn missing_vault_reads_like_an_existing_one() {
+    let h = harness().await;
+    let alice = team_a_writer(&h).await;
+    let (status, missing) = h
+        .call("GET", "/v1/read?ref=lk://nosuch/db/pw", Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, existing) = h
+        .call(
+            "GET",
+            "/v1/read?ref=lk://prod/nosuch/pw",
+            Some(&alice),
+            None,
+        )
+        .await;
+    let missing = missing["error"]["message"].as_str().unwrap();
+    let existing = existing["error"]["message"].as_str().unwrap();
+    assert!(
+        missing.contains(r#"`read` Secret::"nosuch/db""#),
+        "{missing}"
+    );
+    assert!(
+        existing.contains(r#"`read` Secret::"prod/nosuch""#),
+        "{existing}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_manages_only_itself() {
+    let h = harness().await;
+    let alice = team_a_writer(&h).await;
+    let (_, other) = h
+        .root("POST", "/v1/tokens", Some(json!({"user": "alice"})))
+        .await;
+    let other_accessor = other["accessor"].as_str().unwrap();
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/v1/tokens/{other_accessor}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a sibling token is not the caller's own"
+    );
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/v1/tokens/{other_accessor}/renew"),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = h
+        .call("POST", "/v1/tokens/self/revoke", Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn json_errors_do_not_echo_values() {
+    let h = harness().await;
+    h.root("POST", "/v1/vaults", Some(json!({"name": "v"})))
+        .await;
+    let (status, body) = h
+        .root(
+            "PUT",
+            "/v1/vaults/v/secrets/s",
+            Some(json!({"fields": {"pw": "hunter2-VALUE"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(message.contains("fields.pw"), "{message}");
+}
