@@ -218,6 +218,9 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "serving plain HTTP on a non-loopback address: tokens and secrets cross the network unencrypted; use TLS or listen on 127.0.0.1 behind a TLS proxy");
+    }
 
     let seal_config = load_seal_config(&state)
         .await
