@@ -1021,3 +1021,354 @@ fn cli_messages_guide_the_user() {
         stderr(&output)
     );
 }
+
+// Signed checkpoints, key export, ranged and CSV exports, search.
+
+#[test]
+fn audit_key_search_and_ranged_exports_verify() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let alice = quickstart(&server, work.path());
+    let denied = server.lk(Some(&alice), &["read", "lk://prod/db/password"], None);
+    assert_eq!(denied.status.code(), Some(4), "{}", stderr(&denied));
+
+    let key_file = work.path().join("audit-key.json");
+    server.root(&["audit", "key", "-o", key_file.to_str().unwrap()]);
+    let key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    assert_eq!(key["algorithm"], "ed25519");
+    assert_eq!(key["key_id"].as_str().unwrap().len(), 16);
+    let shown = server.lk(Some(&alice), &["audit", "key"], None);
+    assert!(
+        stdout(&shown).contains(key["key_id"].as_str().unwrap()),
+        "{}",
+        stderr(&shown)
+    );
+
+    let found = server.root(&[
+        "--format",
+        "json",
+        "audit",
+        "search",
+        "--principal",
+        "User::\"alice\"",
+        "--outcome",
+        "denied",
+    ]);
+    let lines: Vec<serde_json::Value> = stdout(&found)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for event in &lines {
+        assert_eq!(event["principal"], "User::\"alice\"");
+        assert_eq!(event["outcome"], "denied");
+    }
+    let bad = server.lk(
+        server.root.as_deref(),
+        &["audit", "search", "--since", "lately"],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("`lately`"), "{}", stderr(&bad));
+
+    let all = work.path().join("all.jsonl");
+    server.root(&["audit", "export", "-o", all.to_str().unwrap()]);
+    let verify = |file: &Path| {
+        server.lk(
+            None,
+            &[
+                "audit",
+                "verify",
+                "--file",
+                file.to_str().unwrap(),
+                "--public-key",
+                key_file.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let output = verify(&all);
+    assert!(
+        stdout(&output).contains("audit chain intact"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A range starting at event 5 verifies from that event's `prev_hash`.
+    let text = std::fs::read_to_string(&all).unwrap();
+    let fifth: serde_json::Value = serde_json::from_str(text.lines().nth(4).unwrap()).unwrap();
+    assert_eq!(fifth["seq"], 5);
+    let ranged = work.path().join("ranged.jsonl");
+    server.root(&[
+        "audit",
+        "export",
+        "--since",
+        fifth["time"].as_str().unwrap(),
+        "--until",
+        "2999-01-01T00:00:00Z",
+        "-o",
+        ranged.to_str().unwrap(),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&ranged)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["seq"], 5);
+    let output = verify(&ranged);
+    assert!(
+        stdout(&output).contains("audit chain intact"),
+        "{}",
+        stderr(&output)
+    );
+
+    let csv = work.path().join("audit.csv");
+    server.root(&[
+        "audit",
+        "export",
+        "--since",
+        "1h",
+        "--file-format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    let mut rows = csv_text.lines();
+    assert!(
+        rows.next()
+            .unwrap()
+            .starts_with("seq,time,request_id,principal")
+    );
+    assert!(rows.next().unwrap().starts_with("1,"));
+}
+
+/// Writes a signed export of `events` events with checkpoints at `at` and the key file;
+/// returns the lines, the key file and the events.
+fn signed_export(
+    dir: &Path,
+    signer: &latchkey_core::audit::AuditSigner,
+    events: u64,
+    at: &[u64],
+) -> (Vec<String>, PathBuf, Vec<latchkey_core::audit::AuditEvent>) {
+    use base64::Engine;
+    use latchkey_core::audit::{AuditRecord, GENESIS_HASH, Outcome, seal_event};
+    let mut prev = GENESIS_HASH;
+    let mut chain = Vec::new();
+    let mut lines = Vec::new();
+    for seq in 1..=events {
+        let record = AuditRecord {
+            time: format!("2026-12-04T10:00:{:02}.000000Z", seq % 60),
+            request_id: format!("req-{seq}"),
+            principal: "User::\"alice\"".into(),
+            action: "read".into(),
+            resource: "Secret::\"prod/db\"".into(),
+            outcome: Outcome::Allowed,
+            reason: None,
+            policies: vec![],
+            client_addr: None,
+            token_id: None,
+            detail: Default::default(),
+        };
+        let event = seal_event(seq, &prev, record);
+        prev = <[u8; 32]>::try_from(
+            (0..32)
+                .map(|i| u8::from_str_radix(&event.hash[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        lines.push(serde_json::to_string(&event).unwrap());
+        if at.contains(&seq) {
+            let cp = signer.sign(seq, &prev, chrono::Utc::now());
+            lines.push(serde_json::json!({ "checkpoint": cp }).to_string());
+        }
+        chain.push(event);
+    }
+    let key = dir.join("key.json");
+    std::fs::write(
+        &key,
+        serde_json::json!({
+            "public_key": base64::engine::general_purpose::STANDARD.encode(signer.public_key()),
+            "key_id": signer.key_id(),
+            "algorithm": "ed25519",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    (lines, key, chain)
+}
+
+fn verify_offline(dir: &Path, name: &str, lines: &[String], key: &Path) -> Output {
+    let file = dir.join(name);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    Command::new(LK)
+        .args(["audit", "verify", "--file"])
+        .arg(&file)
+        .arg("--public-key")
+        .arg(key)
+        .env_remove("LATCHKEY_TOKEN")
+        .env("LATCHKEY_CONFIG_DIR", dir.join("config"))
+        .output()
+        .unwrap()
+}
+
+fn assert_breaks_at(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(output));
+    assert!(stderr(output).contains(needle), "{}", stderr(output));
+}
+
+#[test]
+fn offline_verify_checks_checkpoint_signatures_heads_and_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signer, _) = latchkey_core::audit::AuditSigner::generate().unwrap();
+    let (lines, key, chain) = signed_export(dir.path(), &signer, 30, &[10, 20, 30]);
+    let cp_line = |seq: u64| {
+        lines
+            .iter()
+            .position(|l| {
+                l.starts_with("{\"checkpoint\"") && l.contains(&format!("\"seq\":{seq},"))
+            })
+            .unwrap()
+    };
+
+    let output = verify_offline(dir.path(), "intact.jsonl", &lines, &key);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("3 signed checkpoints verified, the last at sequence 30"),
+        "{}",
+        stdout(&output)
+    );
+
+    // A forged signature.
+    let mut forged = lines.clone();
+    let i = cp_line(20);
+    let mut cp: serde_json::Value = serde_json::from_str(&forged[i]).unwrap();
+    cp["checkpoint"]["signature"] = serde_json::Value::String("11".repeat(64));
+    forged[i] = cp.to_string();
+    assert_breaks_at(
+        &verify_offline(dir.path(), "forged.jsonl", &forged, &key),
+        "audit checkpoint at sequence 20 failed: the checkpoint signature does not verify",
+    );
+
+    // A validly signed checkpoint whose head hash is not the chain's at that sequence.
+    let mut moved = lines.clone();
+    let i = cp_line(20);
+    let wrong_head = <[u8; 32]>::try_from(
+        (0..32)
+            .map(|k| u8::from_str_radix(&chain[18].hash[2 * k..2 * k + 2], 16).unwrap())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    moved[i] =
+        serde_json::json!({ "checkpoint": signer.sign(20, &wrong_head, chrono::Utc::now()) })
+            .to_string();
+    assert_breaks_at(
+        &verify_offline(dir.path(), "moved.jsonl", &moved, &key),
+        "audit checkpoint at sequence 20 failed: the signed head hash differs",
+    );
+
+    // Events after event 25 cut off; the checkpoint at 30 remains.
+    let mut cut: Vec<String> = lines
+        .iter()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("checkpoint").is_some() || v["seq"].as_u64().unwrap() <= 25
+        })
+        .cloned()
+        .collect();
+    assert_breaks_at(
+        &verify_offline(dir.path(), "cut.jsonl", &cut, &key),
+        "audit checkpoint at sequence 30 failed: the log ends at event 25",
+    );
+    // The whole tail cut, checkpoint included, is not detectable from the export alone;
+    // removing only the checkpoint line leaves a valid shorter export.
+    cut.retain(|l| !l.contains("\"seq\":30,"));
+    assert_eq!(
+        verify_offline(dir.path(), "cut2.jsonl", &cut, &key)
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // Edited, deleted and reordered events.
+    let mut edited = lines.clone();
+    edited[6] = edited[6].replace("req-7", "req-x");
+    assert_breaks_at(
+        &verify_offline(dir.path(), "edited.jsonl", &edited, &key),
+        "audit chain broken at sequence 7",
+    );
+    let mut deleted = lines.clone();
+    deleted.remove(3);
+    assert_breaks_at(
+        &verify_offline(dir.path(), "deleted.jsonl", &deleted, &key),
+        "audit chain broken at sequence 4",
+    );
+    let mut reordered = lines.clone();
+    reordered.swap(4, 5);
+    assert_breaks_at(
+        &verify_offline(dir.path(), "reordered.jsonl", &reordered, &key),
+        "audit chain broken at sequence 5",
+    );
+
+    // Another server's key.
+    let (other, _) = latchkey_core::audit::AuditSigner::generate().unwrap();
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    let (_, other_key, _) = signed_export(&dir.path().join("other"), &other, 1, &[]);
+    assert_breaks_at(
+        &verify_offline(dir.path(), "other.jsonl", &lines, &other_key),
+        "audit checkpoint at sequence 10 failed: the checkpoint is signed by key",
+    );
+}
+
+#[tokio::test]
+async fn live_verify_rejects_a_forged_checkpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev(&data, true);
+    quickstart(&server, work.path());
+    let output = server.root(&["audit", "verify"]);
+    assert!(
+        stdout(&output).contains("0 signed checkpoints verified"),
+        "{}",
+        stdout(&output)
+    );
+    let key: serde_json::Value =
+        serde_json::from_str(&stdout(&server.root(&["--format", "json", "audit", "key"]))).unwrap();
+
+    // A checkpoint with the server's key id and a made-up signature.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("latchkey.db").display()))
+            .await
+            .unwrap();
+    let head: (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, head_hash, time, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(head.0 - 2)
+    .bind(&head.1)
+    .bind("2026-12-04T10:00:00.000000Z")
+    .bind(key["key_id"].as_str().unwrap())
+    .bind("ab".repeat(64))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let output = server.lk(server.root.as_deref(), &["audit", "verify"], None);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains(&format!(
+            "audit checkpoint at sequence {} failed: the checkpoint signature does not verify",
+            head.0 - 2
+        )),
+        "{}",
+        stderr(&output)
+    );
+}

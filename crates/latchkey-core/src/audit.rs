@@ -273,6 +273,20 @@ impl ChainVerifier {
         }
     }
 
+    /// Verifies a ranged export from its first event, trusting that event's `prev_hash`
+    /// (the range proves nothing about the events before it). From event 1 it is
+    /// [`ChainVerifier::new`], so the link to [`GENESIS_HASH`] is still checked. A
+    /// malformed `prev_hash` is reported by the first [`ChainVerifier::push`].
+    pub fn continuing(first: &AuditEvent) -> Self {
+        if first.seq <= 1 {
+            return Self::new();
+        }
+        Self::starting_at(
+            first.seq,
+            parse_hash(&first.prev_hash).unwrap_or(GENESIS_HASH),
+        )
+    }
+
     /// Checks the next event: its sequence number, then the format of both hashes, then
     /// its link to the previous event, then its own hash. On error nothing is recorded, so
     /// the verifier still expects the same event.
@@ -325,6 +339,375 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
+}
+
+/// Domain separation tag at the start of every signed checkpoint encoding.
+const CHECKPOINT_TAG: &[u8] = b"latchkey-audit-checkpoint-v1";
+
+/// Algorithm name of audit signing keys, as shown to clients.
+pub const CHECKPOINT_ALGORITHM: &str = "ed25519";
+
+/// A statement that the chain had head `head_hash` at sequence `seq`, signed by the audit
+/// signing key `key_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Sequence number of the chain head that was signed.
+    pub seq: u64,
+    /// Hex hash of event `seq`.
+    pub head_hash: String,
+    /// When the checkpoint was signed, formatted by [`format_time`].
+    pub time: String,
+    /// Id of the signing key (see [`key_id`]).
+    pub key_id: String,
+    /// Hex Ed25519 signature over [`checkpoint_message`].
+    pub signature: String,
+}
+
+/// Returns the id of an audit public key: the first 16 hex characters of its SHA-256.
+pub fn key_id(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    let mut id = hex::encode(digest.as_ref());
+    id.truncate(16);
+    id
+}
+
+/// Builds the bytes a checkpoint signature covers. Every field is its byte length as u64
+/// big-endian followed by its bytes, in this order: the tag `latchkey-audit-checkpoint-v1`,
+/// `seq` (8 bytes, big-endian), the 32 bytes of the head hash, the UTF-8 of `time`, the
+/// UTF-8 of `key_id`.
+pub fn checkpoint_message(seq: u64, head_hash: &[u8; 32], time: &str, key_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    let mut field = |bytes: &[u8]| {
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    field(CHECKPOINT_TAG);
+    field(&seq.to_be_bytes());
+    field(head_hash);
+    field(time.as_bytes());
+    field(key_id.as_bytes());
+    out
+}
+
+/// Failures to create or load an audit signing key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigningKeyError {
+    /// The operating system's random generator failed while creating a key.
+    #[error(
+        "could not create an audit signing key: the random number generator failed; retry, and check the host's entropy source"
+    )]
+    Generate,
+    /// The stored bytes are not an Ed25519 PKCS#8 document.
+    #[error(
+        "the stored audit signing key is not an Ed25519 PKCS#8 key; the store is damaged, restore it from a backup"
+    )]
+    Malformed,
+}
+
+/// The Ed25519 key that signs checkpoints. It prints no `Debug`; the PKCS#8 bytes it was
+/// made from are zeroized by their owner ([`AuditSigner::generate`] returns them in a
+/// [`zeroize::Zeroizing`]). Ring keeps its own copy of the private key, which it does not
+/// zeroize.
+pub struct AuditSigner {
+    pair: ring::signature::Ed25519KeyPair,
+    key_id: String,
+}
+
+impl AuditSigner {
+    /// Creates a new key, returning it and its PKCS#8 document to store sealed.
+    ///
+    /// # Errors
+    /// [`SigningKeyError::Generate`] when the random generator fails.
+    pub fn generate() -> Result<(AuditSigner, zeroize::Zeroizing<Vec<u8>>), SigningKeyError> {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| SigningKeyError::Generate)?;
+        let pkcs8 = zeroize::Zeroizing::new(doc.as_ref().to_vec());
+        let signer = AuditSigner::from_pkcs8(&pkcs8)?;
+        Ok((signer, pkcs8))
+    }
+
+    /// Loads a key from its PKCS#8 document.
+    ///
+    /// # Errors
+    /// [`SigningKeyError::Malformed`] when `pkcs8` is not an Ed25519 key.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<AuditSigner, SigningKeyError> {
+        use ring::signature::KeyPair;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|_| SigningKeyError::Malformed)?;
+        let key_id = key_id(pair.public_key().as_ref());
+        Ok(AuditSigner { pair, key_id })
+    }
+
+    /// Returns the raw 32-byte public key.
+    pub fn public_key(&self) -> &[u8] {
+        use ring::signature::KeyPair;
+        self.pair.public_key().as_ref()
+    }
+
+    /// Returns the key id (see [`key_id`]).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Signs the chain head `head_hash` at `seq`, timestamped `time`.
+    pub fn sign(&self, seq: u64, head_hash: &[u8; 32], time: DateTime<Utc>) -> Checkpoint {
+        let time = format_time(time);
+        let message = checkpoint_message(seq, head_hash, &time, &self.key_id);
+        let signature = self.pair.sign(&message);
+        Checkpoint {
+            seq,
+            head_hash: hex::encode(head_hash),
+            time,
+            key_id: self.key_id.clone(),
+            signature: hex::encode(signature.as_ref()),
+        }
+    }
+}
+
+/// Reason a checkpoint failed to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointFault {
+    /// The checkpoint names a key other than the one given.
+    UnknownKey {
+        /// The key id in the checkpoint.
+        found: String,
+        /// The id of the key used to verify.
+        expected: String,
+    },
+    /// The signature does not verify: the checkpoint was forged or edited.
+    BadSignature,
+    /// `head_hash` or `signature` is not hex of the right length.
+    Malformed,
+    /// The signature is valid, but the chain's hash at `seq` differs: events up to `seq`
+    /// were edited, or the checkpoint belongs to another log.
+    HeadMismatch,
+    /// The events end before the checkpointed sequence: events after the last one were
+    /// removed.
+    Truncated {
+        /// The last event present.
+        last_seq: u64,
+    },
+}
+
+impl fmt::Display for CheckpointFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointFault::UnknownKey { found, expected } => write!(
+                f,
+                "the checkpoint is signed by key `{found}`, not by key `{expected}`; verify with the public key from `lk audit key` of the server that wrote the log"
+            ),
+            CheckpointFault::BadSignature => {
+                f.write_str("the checkpoint signature does not verify (forged or edited)")
+            }
+            CheckpointFault::Malformed => f.write_str(
+                "the checkpoint's `head_hash` or `signature` is not hexadecimal of the right length (edited or damaged)",
+            ),
+            CheckpointFault::HeadMismatch => f.write_str(
+                "the signed head hash differs from the chain's hash at this sequence (events edited or replaced)",
+            ),
+            CheckpointFault::Truncated { last_seq } => write!(
+                f,
+                "the log ends at event {last_seq}, before this signed checkpoint (events removed from the end)"
+            ),
+        }
+    }
+}
+
+/// A checkpoint that failed to verify, at its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit checkpoint at sequence {seq} failed: {fault}")]
+pub struct CheckpointBreak {
+    /// Sequence number of the checkpoint.
+    pub seq: u64,
+    /// Reason for the failure.
+    pub fault: CheckpointFault,
+}
+
+/// Checks that `checkpoint` is signed by `public_key` (raw 32-byte Ed25519).
+///
+/// # Errors
+/// A [`CheckpointBreak`] for a checkpoint naming another key, a malformed one, or a bad
+/// signature.
+pub fn verify_checkpoint(
+    public_key: &[u8],
+    checkpoint: &Checkpoint,
+) -> Result<(), CheckpointBreak> {
+    let fail = |fault| {
+        Err(CheckpointBreak {
+            seq: checkpoint.seq,
+            fault,
+        })
+    };
+    let expected = key_id(public_key);
+    if checkpoint.key_id != expected {
+        return fail(CheckpointFault::UnknownKey {
+            found: checkpoint.key_id.clone(),
+            expected,
+        });
+    }
+    let Some(head) = parse_hash(&checkpoint.head_hash) else {
+        return fail(CheckpointFault::Malformed);
+    };
+    let Ok(signature) = hex::decode(&checkpoint.signature) else {
+        return fail(CheckpointFault::Malformed);
+    };
+    let message = checkpoint_message(checkpoint.seq, &head, &checkpoint.time, &checkpoint.key_id);
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
+    if key.verify(&message, &signature).is_err() {
+        return fail(CheckpointFault::BadSignature);
+    }
+    Ok(())
+}
+
+/// First failure found by an [`AuditVerifier`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditBreak {
+    /// The hash chain breaks.
+    #[error(transparent)]
+    Chain(#[from] ChainBreak),
+    /// A checkpoint fails.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointBreak),
+}
+
+impl AuditBreak {
+    /// Sequence number of the first bad event or checkpoint.
+    pub fn seq(&self) -> u64 {
+        match self {
+            AuditBreak::Chain(b) => b.seq,
+            AuditBreak::Checkpoint(b) => b.seq,
+        }
+    }
+}
+
+/// Result of a verification with checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditSummary {
+    /// The chain part.
+    #[serde(flatten)]
+    pub chain: ChainSummary,
+    /// Checkpoints whose signature and head hash were checked.
+    pub checkpoints: u64,
+    /// Sequence number of the last checked checkpoint, 0 when none.
+    pub last_checkpoint_seq: u64,
+}
+
+/// Verifies a chain and the signed checkpoints over it. Give all checkpoints first (they
+/// are few: one per thousand events by default), then push events in order.
+///
+/// Checkpoints below the first event cannot be matched, so only their signatures are
+/// checked. Every other checkpoint must match the chain hash at its sequence. A checkpoint
+/// beyond the last event is a truncation.
+pub struct AuditVerifier {
+    chain: ChainVerifier,
+    checkpoints: BTreeMap<u64, Checkpoint>,
+    checked: u64,
+    last_checkpoint_seq: u64,
+}
+
+impl AuditVerifier {
+    /// Checks every signature in `checkpoints` with `public_key` and prepares to match
+    /// them against `chain`.
+    ///
+    /// # Errors
+    /// The first (lowest sequence) checkpoint whose signature fails.
+    pub fn new(
+        public_key: &[u8],
+        chain: ChainVerifier,
+        checkpoints: impl IntoIterator<Item = Checkpoint>,
+    ) -> Result<AuditVerifier, AuditBreak> {
+        let mut map = BTreeMap::new();
+        for checkpoint in checkpoints {
+            map.insert(checkpoint.seq, checkpoint);
+        }
+        for checkpoint in map.values() {
+            verify_checkpoint(public_key, checkpoint)?;
+        }
+        // Checkpoints before the first event cannot be matched against this chain.
+        let map = map.split_off(&chain.next_seq);
+        Ok(AuditVerifier {
+            chain,
+            checkpoints: map,
+            checked: 0,
+            last_checkpoint_seq: 0,
+        })
+    }
+
+    /// Checks the next event and the checkpoint at its sequence, if any.
+    ///
+    /// # Errors
+    /// A chain break, or [`CheckpointFault::HeadMismatch`].
+    pub fn push(&mut self, event: &AuditEvent) -> Result<(), AuditBreak> {
+        self.chain.push(event)?;
+        if let Some(checkpoint) = self.checkpoints.get(&event.seq) {
+            if !checkpoint.head_hash.eq_ignore_ascii_case(&event.hash) {
+                return Err(CheckpointBreak {
+                    seq: event.seq,
+                    fault: CheckpointFault::HeadMismatch,
+                }
+                .into());
+            }
+            self.checked += 1;
+            self.last_checkpoint_seq = event.seq;
+        }
+        Ok(())
+    }
+
+    /// Ends verification.
+    ///
+    /// # Errors
+    /// [`CheckpointFault::Truncated`] when a checkpoint lies beyond the last event.
+    pub fn finish(self) -> Result<AuditSummary, AuditBreak> {
+        let chain = self.chain.finish();
+        // Checkpoints below the first event were dropped by `new`, so any left above the
+        // last event were cut off.
+        if let Some((&seq, _)) = self.checkpoints.range(chain.last_seq + 1..).next() {
+            return Err(CheckpointBreak {
+                seq,
+                fault: CheckpointFault::Truncated {
+                    last_seq: chain.last_seq,
+                },
+            }
+            .into());
+        }
+        Ok(AuditSummary {
+            chain,
+            checkpoints: self.checked,
+            last_checkpoint_seq: self.last_checkpoint_seq,
+        })
+    }
+}
+
+/// A `--since`/`--until` value that is neither a time nor a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid time `{input}`: give an RFC 3339 time such as `2026-12-04T10:00:00Z`, or a duration before now such as `7d` or `90m`"
+)]
+pub struct TimeBoundError {
+    /// The text given.
+    pub input: String,
+}
+
+/// Reads a search bound: an RFC 3339 time, or a duration (see
+/// [`parse_duration`](crate::duration::parse_duration)) counted back from `now`. Returns
+/// it formatted by [`format_time`], so it compares with stored event times as text.
+///
+/// # Errors
+/// [`TimeBoundError`] when `input` is neither, or the duration reaches before year 1.
+pub fn parse_time_bound(input: &str, now: DateTime<Utc>) -> Result<String, TimeBoundError> {
+    let fail = || TimeBoundError {
+        input: input.to_owned(),
+    };
+    let text = input.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(format_time(time.with_timezone(&Utc)));
+    }
+    let ago = crate::duration::parse_duration(text).map_err(|_| fail())?;
+    let ago = chrono::Duration::from_std(ago).map_err(|_| fail())?;
+    let time = now.checked_sub_signed(ago).ok_or_else(fail)?;
+    Ok(format_time(time))
 }
 
 #[cfg(test)]
@@ -740,5 +1123,249 @@ mod tests {
             hex::encode(chain_hash(1, &GENESIS_HASH, &record)),
             "9369cd08198dab564ab1cc99a206773fb88a01ef306314aed9da047e6598f70c"
         );
+    }
+
+    fn signed(events: &[AuditEvent], signer: &AuditSigner, at: &[u64]) -> Vec<Checkpoint> {
+        at.iter()
+            .map(|&seq| {
+                let head = parse_hash(&events[usize::try_from(seq).unwrap() - 1].hash).unwrap();
+                signer.sign(seq, &head, Utc.timestamp_opt(1_796_000_000, 0).unwrap())
+            })
+            .collect()
+    }
+
+    fn verify_signed(
+        key: &[u8],
+        events: &[AuditEvent],
+        checkpoints: Vec<Checkpoint>,
+    ) -> Result<AuditSummary, AuditBreak> {
+        let mut v = AuditVerifier::new(key, ChainVerifier::new(), checkpoints)?;
+        for event in events {
+            v.push(event)?;
+        }
+        v.finish()
+    }
+
+    fn fault_at(result: Result<AuditSummary, AuditBreak>) -> (u64, CheckpointFault) {
+        match result {
+            Err(AuditBreak::Checkpoint(b)) => (b.seq, b.fault),
+            other => panic!("expected a checkpoint break, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn signed_checkpoints_verify() {
+        let (signer, pkcs8) = AuditSigner::generate().unwrap();
+        let again = AuditSigner::from_pkcs8(&pkcs8).unwrap();
+        assert_eq!(again.public_key(), signer.public_key());
+        assert_eq!(signer.key_id().len(), 16);
+        assert_eq!(signer.key_id(), key_id(signer.public_key()));
+        let events = chain(50);
+        let cps = signed(&events, &signer, &[10, 20, 50]);
+        verify_checkpoint(signer.public_key(), &cps[0]).unwrap();
+        let summary = verify_signed(signer.public_key(), &events, cps).unwrap();
+        assert_eq!(summary.checkpoints, 3);
+        assert_eq!(summary.last_checkpoint_seq, 50);
+        assert_eq!(summary.chain.events, 50);
+    }
+
+    #[test]
+    fn forged_signature_is_found() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        let mut cps = signed(&events, &signer, &[10, 20]);
+        let mut sig = hex::decode(&cps[1].signature).unwrap();
+        sig[5] ^= 1;
+        cps[1].signature = hex::encode(sig);
+        assert_eq!(
+            fault_at(verify_signed(signer.public_key(), &events, cps)),
+            (20, CheckpointFault::BadSignature)
+        );
+        // A checkpoint signed by another key that claims this key's id.
+        let (other, _) = AuditSigner::generate().unwrap();
+        let mut cps = signed(&events, &other, &[10]);
+        cps[0].key_id = signer.key_id().to_owned();
+        assert_eq!(
+            fault_at(verify_signed(signer.public_key(), &events, cps)),
+            (10, CheckpointFault::BadSignature)
+        );
+        // An edited time is not covered by the old signature.
+        let mut cps = signed(&events, &signer, &[10]);
+        cps[0].time = "2030-01-01T00:00:00.000000Z".to_owned();
+        assert_eq!(
+            fault_at(verify_signed(signer.public_key(), &events, cps)),
+            (10, CheckpointFault::BadSignature)
+        );
+    }
+
+    #[test]
+    fn other_key_is_named() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let (other, _) = AuditSigner::generate().unwrap();
+        let events = chain(10);
+        let cps = signed(&events, &other, &[5]);
+        let err = verify_signed(signer.public_key(), &events, cps).unwrap_err();
+        assert_eq!(err.seq(), 5);
+        assert!(err.to_string().contains(other.key_id()), "{err}");
+    }
+
+    #[test]
+    fn head_mismatch_is_found() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        // Validly signed, but over the hash of another position.
+        let head = parse_hash(&events[9].hash).unwrap();
+        let cp = signer.sign(11, &head, Utc::now());
+        assert_eq!(
+            fault_at(verify_signed(signer.public_key(), &events, vec![cp])),
+            (11, CheckpointFault::HeadMismatch)
+        );
+    }
+
+    #[test]
+    fn rebuilt_chain_fails_the_checkpoint() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        let cps = signed(&events, &signer, &[20]);
+        // Someone edits event 5 and rebuilds every hash after it.
+        let mut forged = Vec::new();
+        let mut prev = GENESIS_HASH;
+        for (i, e) in events.iter().enumerate() {
+            let mut record = e.record.clone();
+            if i == 4 {
+                record.principal = "User::\"mallory\"".to_owned();
+            }
+            let sealed = seal_event(e.seq, &prev, record);
+            prev = parse_hash(&sealed.hash).unwrap();
+            forged.push(sealed);
+        }
+        assert_eq!(
+            fault_at(verify_signed(signer.public_key(), &forged, cps)),
+            (20, CheckpointFault::HeadMismatch)
+        );
+    }
+
+    #[test]
+    fn truncation_after_a_checkpoint_is_found() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        let cps = signed(&events, &signer, &[10, 25]);
+        assert_eq!(
+            fault_at(verify_signed(
+                signer.public_key(),
+                &events[..24],
+                cps.clone()
+            )),
+            (25, CheckpointFault::Truncated { last_seq: 24 })
+        );
+        // Cut after the last checkpoint: the chain alone cannot tell.
+        assert!(verify_signed(signer.public_key(), &events[..25], cps).is_ok());
+    }
+
+    #[test]
+    fn chain_edits_still_break_with_checkpoints() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        let cps = signed(&events, &signer, &[10, 30]);
+        let mut edited = events.clone();
+        edited[14].record.action = "delete".to_owned();
+        let err = verify_signed(signer.public_key(), &edited, cps.clone()).unwrap_err();
+        assert_eq!(
+            err,
+            AuditBreak::Chain(ChainBreak {
+                seq: 15,
+                kind: BreakKind::HashMismatch
+            })
+        );
+        let mut deleted = events.clone();
+        deleted.remove(3);
+        assert_eq!(
+            verify_signed(signer.public_key(), &deleted, cps.clone())
+                .unwrap_err()
+                .seq(),
+            4
+        );
+        let mut swapped = events.clone();
+        swapped.swap(6, 7);
+        assert_eq!(
+            verify_signed(signer.public_key(), &swapped, cps)
+                .unwrap_err()
+                .seq(),
+            7
+        );
+    }
+
+    #[test]
+    fn ranged_verification_skips_earlier_checkpoints() {
+        let (signer, _) = AuditSigner::generate().unwrap();
+        let events = chain(30);
+        let cps = signed(&events, &signer, &[5, 20]);
+        let start = parse_hash(&events[9].prev_hash).unwrap();
+        let mut v = AuditVerifier::new(
+            signer.public_key(),
+            ChainVerifier::starting_at(10, start),
+            cps,
+        )
+        .unwrap();
+        for e in &events[9..] {
+            v.push(e).unwrap();
+        }
+        let summary = v.finish().unwrap();
+        assert_eq!((summary.checkpoints, summary.last_checkpoint_seq), (1, 20));
+    }
+
+    #[test]
+    fn checkpoint_message_is_length_prefixed() {
+        let m = checkpoint_message(7, &[0xab; 32], "t", "k");
+        let tag_len = CHECKPOINT_TAG.len();
+        assert_eq!(&m[..8], &u64::try_from(tag_len).unwrap().to_be_bytes());
+        assert_eq!(&m[8..8 + tag_len], CHECKPOINT_TAG);
+        let rest = &m[8 + tag_len..];
+        assert_eq!(&rest[..8], &8u64.to_be_bytes());
+        assert_eq!(&rest[8..16], &7u64.to_be_bytes());
+        assert_eq!(&rest[16..24], &32u64.to_be_bytes());
+        assert_eq!(rest.len(), 16 + 8 + 32 + 9 + 9);
+        assert_ne!(
+            checkpoint_message(1, &[0; 32], "ab", "c"),
+            checkpoint_message(1, &[0; 32], "a", "bc")
+        );
+    }
+
+    #[test]
+    fn malformed_signing_key_is_refused() {
+        assert_eq!(
+            AuditSigner::from_pkcs8(b"not a key").err(),
+            Some(SigningKeyError::Malformed)
+        );
+    }
+
+    #[test]
+    fn time_bounds_accept_rfc3339_and_durations() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap();
+        assert_eq!(
+            parse_time_bound("2026-12-01T01:02:03+01:00", now).unwrap(),
+            "2026-12-01T00:02:03.000000Z"
+        );
+        assert_eq!(
+            parse_time_bound("7d", now).unwrap(),
+            "2026-11-27T12:00:00.000000Z"
+        );
+        assert_eq!(
+            parse_time_bound("90m", now).unwrap(),
+            "2026-12-04T10:30:00.000000Z"
+        );
+        assert_eq!(
+            parse_time_bound("yesterday", now),
+            Err(TimeBoundError {
+                input: "yesterday".to_owned()
+            })
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn time_bounds_never_panic(text in "\\PC{0,30}") {
+            let _ = parse_time_bound(&text, Utc::now());
+        }
     }
 }

@@ -254,6 +254,12 @@ pub mod aad {
         encode(&[b"vault-key", vault_id.as_bytes()])
     }
 
+    /// Builds the associated data for the audit signing key (Ed25519 PKCS#8) sealed under
+    /// the root key.
+    pub fn audit_key() -> Vec<u8> {
+        encode(&[b"audit-signing-key"])
+    }
+
     /// Builds the associated data for one version of a secret sealed under its vault's key.
     pub fn secret_version(vault_id: &str, secret_id: &str, version: u32) -> Vec<u8> {
         encode(&[
@@ -443,5 +449,19 @@ mod tests {
             }
         }
         assert_eq!(aad::vault_key("a"), aad::vault_key("a"));
+    }
+
+    #[test]
+    fn audit_key_aad_differs_from_the_others() {
+        let audit = aad::audit_key();
+        assert_ne!(audit, aad::root_key());
+        assert_ne!(audit, aad::vault_key("audit-signing-key"));
+        let key = Key256::generate().unwrap();
+        let sealed = seal(&key, &audit, b"pkcs8").unwrap();
+        assert!(matches!(
+            open(&key, &aad::root_key(), &sealed),
+            Err(CryptoError::Authentication)
+        ));
+        assert_eq!(open(&key, &audit, &sealed).unwrap().as_slice(), b"pkcs8");
     }
 }

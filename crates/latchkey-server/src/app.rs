@@ -50,6 +50,8 @@ use crate::{audit_api, auth, policies, secrets, sys, tokens, users, vaults};
         tokens::revoke_token,
         tokens::revoke_self,
         audit_api::list_events,
+        audit_api::list_checkpoints,
+        audit_api::audit_key,
     )
 )]
 pub struct ApiDoc;
@@ -113,6 +115,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/tokens/{accessor}/renew", post(tokens::renew_token))
         .route("/v1/tokens/{accessor}/revoke", post(tokens::revoke_token))
         .route("/v1/audit/events", get(audit_api::list_events))
+        .route("/v1/audit/checkpoints", get(audit_api::list_checkpoints))
+        .route("/v1/audit/key", get(audit_api::audit_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub tokens: TokenConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -68,6 +70,49 @@ impl Default for LimitsConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign a checkpoint after this many audit events; at least 1.
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint when an unsigned event is this old, such as `60s`; at least `1s`.
+    pub checkpoint_interval: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            checkpoint_every: 1000,
+            checkpoint_interval: "60s".into(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Converts these values to checkpoint settings.
+    ///
+    /// # Errors
+    /// A message naming the bad value, when `checkpoint_every` is 0 or
+    /// `checkpoint_interval` is not a duration of at least one second.
+    pub fn checkpoints(&self) -> Result<crate::audit_log::CheckpointSettings, String> {
+        if self.checkpoint_every == 0 {
+            return Err("`audit.checkpoint_every` is 0; set it to 1 or more, such as 1000".into());
+        }
+        let interval = latchkey_core::duration::parse_duration(&self.checkpoint_interval)
+            .map_err(|e| format!("`audit.checkpoint_interval`: {e}"))?;
+        if interval.as_secs() == 0 {
+            return Err(format!(
+                "`audit.checkpoint_interval` `{}` is under one second; set at least `1s`, such as `60s`",
+                self.checkpoint_interval
+            ));
+        }
+        Ok(crate::audit_log::CheckpointSettings {
+            every: self.checkpoint_every,
+            interval,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file `{path}`: {source}")]
@@ -106,6 +151,47 @@ impl ServerConfig {
             latchkey_core::duration::parse_duration(value)
                 .map_err(|e| invalid(format!("`tokens.{name}`: {e}")))?;
         }
+        config.audit.checkpoints().map_err(invalid)?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod audit_config_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn audit(text: &str) -> Result<crate::audit_log::CheckpointSettings, String> {
+        toml::from_str::<AuditConfig>(text).unwrap().checkpoints()
+    }
+
+    #[test]
+    fn audit_section_sets_checkpoints() {
+        let settings = audit("checkpoint_every = 50\ncheckpoint_interval = \"2m\"").unwrap();
+        assert_eq!(settings.every, 50);
+        assert_eq!(settings.interval, std::time::Duration::from_secs(120));
+        assert_eq!(
+            AuditConfig::default().checkpoints().unwrap(),
+            crate::audit_log::CheckpointSettings::default()
+        );
+    }
+
+    #[test]
+    fn audit_section_rejects_zero_and_bad_durations() {
+        assert_eq!(
+            audit("checkpoint_every = 0\ncheckpoint_interval = \"60s\"").unwrap_err(),
+            "`audit.checkpoint_every` is 0; set it to 1 or more, such as 1000"
+        );
+        assert!(
+            audit("checkpoint_every = 5\ncheckpoint_interval = \"0s\"")
+                .unwrap_err()
+                .contains("under one second"),
+        );
+        assert!(
+            audit("checkpoint_every = 5\ncheckpoint_interval = \"soon\"")
+                .unwrap_err()
+                .starts_with("`audit.checkpoint_interval`: "),
+        );
     }
 }

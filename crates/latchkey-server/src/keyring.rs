@@ -80,9 +80,13 @@ pub struct UnsealProgress {
     pub threshold: u8,
 }
 
+/// The root key slot, shared with the audit writer so it can open the audit signing key
+/// while the server is unsealed.
+pub type RootCell = Arc<RwLock<Option<Arc<Key256>>>>;
+
 #[derive(Default)]
 pub struct Keyring {
-    root: RwLock<Option<Arc<Key256>>>,
+    root: RootCell,
     vault_keys: RwLock<HashMap<String, Arc<Key256>>>,
     pending_shares: Mutex<Vec<KeyShare>>,
 }
@@ -97,6 +101,11 @@ pub fn new_root_key(unseal_key: &Key256) -> Result<(Key256, String), SealError> 
 }
 
 impl Keyring {
+    /// Returns the shared root key slot, which is empty while sealed.
+    pub fn root_cell(&self) -> RootCell {
+        Arc::clone(&self.root)
+    }
+
     pub fn is_sealed(&self) -> bool {
         self.root.read().map(|g| g.is_none()).unwrap_or(true)
     }

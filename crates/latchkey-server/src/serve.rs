@@ -70,6 +70,7 @@ fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
         settings.default_token_ttl = parse(&config.tokens.default_ttl)?;
         settings.max_token_ttl = parse(&config.tokens.max_ttl)?;
         settings.max_body_bytes = config.limits.max_body_bytes;
+        settings.audit_checkpoints = config.audit.checkpoints().map_err(anyhow::Error::msg)?;
     }
     Ok(settings)
 }

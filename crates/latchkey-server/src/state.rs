@@ -9,7 +9,7 @@ use latchkey_core::policy::{
 };
 use latchkey_store::Store;
 
-use crate::audit_log::AuditLog;
+use crate::audit_log::{AuditLog, CheckpointSettings};
 use crate::auth::{Caller, TokenCache};
 use crate::error::{ApiError, ApiResult};
 use crate::keyring::Keyring;
@@ -23,6 +23,8 @@ pub struct Settings {
     /// Maximum lifetime any token may reach through renewal, in seconds.
     pub max_token_ttl: u64,
     pub max_body_bytes: usize,
+    /// When the audit writer signs a checkpoint (`[audit]` in the config file).
+    pub audit_checkpoints: CheckpointSettings,
 }
 
 impl Default for Settings {
@@ -32,6 +34,7 @@ impl Default for Settings {
             default_token_ttl: 3600,
             max_token_ttl: 24 * 3600,
             max_body_bytes: 1024 * 1024,
+            audit_checkpoints: CheckpointSettings::default(),
         }
     }
 }
@@ -49,11 +52,17 @@ pub type SharedState = Arc<AppState>;
 
 impl AppState {
     pub async fn new(store: Arc<dyn Store>, settings: Settings) -> anyhow::Result<AppState> {
-        let audit = AuditLog::start(Arc::clone(&store)).await?;
+        let keyring = Keyring::default();
+        let audit = AuditLog::start(
+            Arc::clone(&store),
+            keyring.root_cell(),
+            settings.audit_checkpoints,
+        )
+        .await?;
         let engine = load_policy_engine(store.as_ref()).await?;
         Ok(AppState {
             store,
-            keyring: Keyring::default(),
+            keyring,
             policies: RwLock::new(Arc::new(engine)),
             tokens: TokenCache::default(),
             audit,

@@ -161,6 +161,9 @@ pub async fn initialize(state: &AppState, method: UnsealMethod) -> ApiResult<Ini
         .store
         .initialize(&config_json, &root, &token_row)
         .await?;
+    crate::audit_log::load_or_create_signer(state.store.as_ref(), &root_key)
+        .await
+        .map_err(ApiError::internal)?;
 
     let mut detail = BTreeMap::new();
     detail.insert("mode".to_string(), config.mode().to_string());
@@ -334,6 +337,10 @@ pub async fn unseal(
                 record_unauthenticated(&state, "unseal", Outcome::Allowed, None, BTreeMap::new())
                     .await?;
                 tracing::info!("unsealed");
+                // Loads the audit signing key, creating it for a deployment that has none.
+                if let Err(error) = state.audit.signer().await {
+                    tracing::error!(%error, "cannot load the audit signing key; checkpoints wait");
+                }
             }
             Ok(Json(progress))
         }

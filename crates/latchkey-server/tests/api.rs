@@ -1075,3 +1075,381 @@ async fn json_errors_do_not_echo_values() {
     assert!(!message.contains("hunter2"), "{message}");
     assert!(message.contains("fields.pw"), "{message}");
 }
+
+// Signed checkpoints, the audit key, ranges and search.
+
+/// A harness whose audit writer signs a checkpoint every `every` events.
+async fn checkpoint_harness(every: u64) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
+        .await
+        .unwrap();
+    let settings = Settings {
+        audit_checkpoints: latchkey_server::audit_log::CheckpointSettings {
+            every,
+            interval: std::time::Duration::from_secs(3600),
+        },
+        ..Settings::default()
+    };
+    let state = Arc::new(
+        AppState::new(Arc::new(store.clone()), settings)
+            .await
+            .unwrap(),
+    );
+    let initialized = initialize(&state, UnsealMethod::KeyFile(Key256::generate().unwrap()))
+        .await
+        .unwrap();
+    state.keyring.install_root(initialized.root_key);
+    Harness {
+        dir,
+        app: router(state),
+        root: initialized.root_token.expose().to_string(),
+        store,
+    }
+}
+
+impl Harness {
+    /// Waits until a checkpoint at or above `seq` is stored (they are written after the
+    /// batch commit, off the request path).
+    async fn wait_for_checkpoint(&self, seq: u64) -> u64 {
+        for _ in 0..200 {
+            if let Some(cp) = self.store.last_checkpoint().await.unwrap()
+                && cp.seq >= seq
+            {
+                return cp.seq;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("no checkpoint at or above {seq} was written");
+    }
+
+    async fn audit_public_key(&self) -> Vec<u8> {
+        use base64::Engine;
+        let (status, body) = self.root("GET", "/v1/audit/key", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        base64::engine::general_purpose::STANDARD
+            .decode(body["public_key"].as_str().unwrap())
+            .unwrap()
+    }
+
+    /// Verifies the stored chain and checkpoints, as `lk audit verify` does live.
+    /// Takes the key fetched before any tampering: once the store is edited, the writer
+    /// can no longer append, so audited requests fail.
+    async fn verify_signed(
+        &self,
+        key: &[u8],
+    ) -> Result<latchkey_core::audit::AuditSummary, latchkey_core::audit::AuditBreak> {
+        let checkpoints = self.store.checkpoints(0, 100_000).await.unwrap();
+        let events = self.events().await;
+        let mut v =
+            latchkey_core::audit::AuditVerifier::new(key, ChainVerifier::new(), checkpoints)?;
+        for event in &events {
+            v.push(event)?;
+        }
+        v.finish()
+    }
+}
+
+fn checkpoint_fault(
+    result: Result<latchkey_core::audit::AuditSummary, latchkey_core::audit::AuditBreak>,
+) -> (u64, latchkey_core::audit::CheckpointFault) {
+    match result {
+        Err(latchkey_core::audit::AuditBreak::Checkpoint(b)) => (b.seq, b.fault),
+        other => panic!("expected a checkpoint failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn audit_key_is_shown_to_any_caller_and_verifies_checkpoints() {
+    let h = checkpoint_harness(5).await;
+    let alice = h.seed().await;
+    let (status, body) = h.call("GET", "/v1/audit/key", Some(&alice), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["algorithm"], "ed25519");
+    let key = h.audit_public_key().await;
+    assert_eq!(key.len(), 32);
+    assert_eq!(
+        body["key_id"].as_str().unwrap(),
+        latchkey_core::audit::key_id(&key)
+    );
+    let (status, _) = h.call("GET", "/v1/audit/key", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let signed = h.wait_for_checkpoint(5).await;
+    let summary = h.verify_signed(&key).await.unwrap();
+    assert!(summary.checkpoints >= 1);
+    assert!(summary.last_checkpoint_seq >= signed);
+
+    let (status, body) = h.root("GET", "/v1/audit/checkpoints?limit=1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checkpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        body["checkpoints"][0]["key_id"],
+        latchkey_core::audit::key_id(&key)
+    );
+    let (status, _) = h
+        .call("GET", "/v1/audit/checkpoints", Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn signing_key_survives_a_restart_and_is_created_for_old_deployments() {
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let first = h.audit_public_key().await;
+    // An older deployment has no key: delete it; the next load creates one.
+    sqlx::query("DELETE FROM meta WHERE key = 'audit_signing_key'")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    let state = Arc::new(
+        AppState::new(Arc::new(h.store.clone()), Settings::default())
+            .await
+            .unwrap(),
+    );
+    let root = Key256::generate().unwrap();
+    state.keyring.install_root(root);
+    let created = state.audit.signer().await.unwrap();
+    assert_ne!(created.public_key(), first.as_slice());
+    let stored = h.store.audit_signing_key().await.unwrap().unwrap();
+    // Loading again with the same root key gives the same key.
+    let again =
+        latchkey_server::audit_log::load_or_create_signer(&h.store, &state.keyring.root().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(again.public_key(), created.public_key());
+    assert_eq!(h.store.audit_signing_key().await.unwrap().unwrap(), stored);
+    // A wrong root key does not open it.
+    let wrong =
+        latchkey_server::audit_log::load_or_create_signer(&h.store, &Key256::generate().unwrap())
+            .await;
+    assert!(
+        matches!(wrong, Err(latchkey_server::audit_log::SignerError::Open(_))),
+        "{:?}",
+        wrong.err().map(|e| e.to_string())
+    );
+}
+
+#[tokio::test]
+async fn forged_checkpoint_signature_is_found_in_the_store() {
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let key = h.audit_public_key().await;
+    let seq = h.wait_for_checkpoint(5).await;
+    sqlx::query("UPDATE audit_checkpoints SET signature = ? WHERE seq = ?")
+        .bind("00".repeat(64))
+        .bind(i64::try_from(seq).unwrap())
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoint_fault(h.verify_signed(&key).await),
+        (seq, latchkey_core::audit::CheckpointFault::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn rebuilt_chain_fails_the_checkpoint_head_in_the_store() {
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let key = h.audit_public_key().await;
+    let seq = h.wait_for_checkpoint(5).await;
+    // Edit event 2 and rebuild every hash after it, so the chain alone looks intact.
+    let events = h.events().await;
+    let mut prev = latchkey_core::audit::GENESIS_HASH;
+    for event in &events {
+        let mut record = event.record.clone();
+        if event.seq == 2 {
+            record.principal = "User::\"mallory\"".into();
+        }
+        let sealed = latchkey_core::audit::seal_event(event.seq, &prev, record);
+        hex::decode_to_slice(&sealed.hash, &mut prev).unwrap();
+        sqlx::query("UPDATE audit_events SET principal = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+            .bind(&sealed.record.principal)
+            .bind(&sealed.prev_hash)
+            .bind(&sealed.hash)
+            .bind(i64::try_from(event.seq).unwrap())
+            .execute(h.store.pool())
+            .await
+            .unwrap();
+    }
+    let mut chain = ChainVerifier::new();
+    for event in h.events().await {
+        chain.push(&event).unwrap();
+    }
+    let first = h.store.checkpoints(0, 1).await.unwrap()[0].seq;
+    assert!(first <= seq);
+    assert_eq!(
+        checkpoint_fault(h.verify_signed(&key).await),
+        (first, latchkey_core::audit::CheckpointFault::HeadMismatch)
+    );
+}
+
+#[tokio::test]
+async fn truncation_after_a_checkpoint_is_found_in_the_store() {
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let key = h.audit_public_key().await;
+    let seq = h.wait_for_checkpoint(5).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq >= ?")
+        .bind(i64::try_from(seq).unwrap())
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    let (at, fault) = checkpoint_fault(h.verify_signed(&key).await);
+    let first_cut = h
+        .store
+        .checkpoints(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .find(|&s| s >= seq)
+        .unwrap();
+    assert_eq!(at, first_cut);
+    assert_eq!(
+        fault,
+        latchkey_core::audit::CheckpointFault::Truncated { last_seq: seq - 1 }
+    );
+}
+
+#[tokio::test]
+async fn deleted_and_reordered_events_break_the_signed_check() {
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let key = h.audit_public_key().await;
+    h.wait_for_checkpoint(5).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 3")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(h.verify_signed(&key).await.unwrap_err().seq(), 3);
+
+    let h = checkpoint_harness(5).await;
+    h.seed().await;
+    let key = h.audit_public_key().await;
+    h.wait_for_checkpoint(5).await;
+    // Swap the contents of events 3 and 4.
+    sqlx::query("UPDATE audit_events SET seq = -1 WHERE seq = 3")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET seq = 3 WHERE seq = 4")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET seq = 4 WHERE seq = -1")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(h.verify_signed(&key).await.unwrap_err().seq(), 3);
+}
+
+#[tokio::test]
+async fn audit_events_filter_by_principal_action_outcome_resource_and_time() {
+    let h = harness().await;
+    let alice = h.seed().await;
+    let (status, _) = h
+        .call(
+            "GET",
+            "/v1/read?ref=lk://prod/db/password",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = h
+        .root(
+            "GET",
+            "/v1/audit/events?principal=User::%22alice%22&outcome=denied",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    for e in events {
+        assert_eq!(e["principal"], "User::\"alice\"");
+        assert_eq!(e["outcome"], "denied");
+    }
+    let (status, body) = h
+        .root(
+            "GET",
+            "/v1/audit/events?resource=Secret::%22prod&action=read",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for e in body["events"].as_array().unwrap() {
+        assert!(
+            e["resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("Secret::\"prod"),
+            "{e}"
+        );
+    }
+    let (_, all) = h.root("GET", "/v1/audit/events?since=1h", None).await;
+    assert!(!all["events"].as_array().unwrap().is_empty());
+    let (_, none) = h
+        .root("GET", "/v1/audit/events?until=2000-01-01T00:00:00Z", None)
+        .await;
+    assert!(none["events"].as_array().unwrap().is_empty());
+    let (status, body) = h.root("GET", "/v1/audit/events?since=lately", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`lately`"),
+        "{body}"
+    );
+    let (status, _) = h.root("GET", "/v1/audit/events?outcome=maybe", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn quiet_log_is_signed_after_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
+        .await
+        .unwrap();
+    let settings = Settings {
+        audit_checkpoints: latchkey_server::audit_log::CheckpointSettings {
+            every: 1_000_000,
+            interval: std::time::Duration::from_millis(300),
+        },
+        ..Settings::default()
+    };
+    let state = Arc::new(
+        AppState::new(Arc::new(store.clone()), settings)
+            .await
+            .unwrap(),
+    );
+    let initialized = initialize(&state, UnsealMethod::KeyFile(Key256::generate().unwrap()))
+        .await
+        .unwrap();
+    state.keyring.install_root(initialized.root_key);
+    assert_eq!(store.last_checkpoint().await.unwrap(), None);
+    let head = store.audit_head().await.unwrap().unwrap().0;
+    let mut signed = None;
+    for _ in 0..100 {
+        signed = store.last_checkpoint().await.unwrap();
+        if signed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let signed = signed.expect("no checkpoint after the interval");
+    assert_eq!(signed.seq, head);
+    let key = state.audit.signer().await.unwrap();
+    latchkey_core::audit::verify_checkpoint(key.public_key(), &signed).unwrap();
+
+    // Sealing drops the key, so the signer reports the seal.
+    state.keyring.seal();
+    assert!(matches!(
+        state.audit.signer().await,
+        Err(latchkey_server::audit_log::SignerError::Sealed)
+    ));
+}

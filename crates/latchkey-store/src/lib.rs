@@ -13,7 +13,7 @@ pub use postgres::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use latchkey_core::audit::AuditEvent;
+use latchkey_core::audit::{AuditEvent, Checkpoint, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,6 +109,44 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
     /// Returns up to `limit` events with a sequence number above `after`, in order.
     async fn audit_events(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+    /// Returns up to `filter.limit` events with a sequence number above `filter.after` that
+    /// match every filter given, in sequence order.
+    async fn search_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Returns the audit signing key as stored: sealed by the server under the root key.
+    async fn audit_signing_key(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores the sealed audit signing key unless one exists. Returns false and stores
+    /// nothing when one exists, so two servers racing to create it agree on one key.
+    async fn insert_audit_signing_key(&self, sealed: &[u8]) -> StoreResult<bool>;
+    /// Stores a signed checkpoint. A second checkpoint at the same `seq` fails with
+    /// [`StoreError::Conflict`]. The store checks neither the signature nor the hash.
+    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
+    /// Returns up to `limit` checkpoints with `seq` above `after_seq`, in order.
+    async fn checkpoints(&self, after_seq: u64, limit: u32) -> StoreResult<Vec<Checkpoint>>;
+    /// Returns the checkpoint with the highest `seq`.
+    async fn last_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
+}
+
+/// Filters of [`Store::search_audit`]. A `None` filter matches every event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only events with a sequence number above this one.
+    pub after: u64,
+    /// Maximum events returned.
+    pub limit: u32,
+    /// Exact principal, e.g. `User::"alice"`.
+    pub principal: Option<String>,
+    /// Resource prefix, compared byte for byte, e.g. `Secret::"prod/`.
+    pub resource_prefix: Option<String>,
+    /// Exact action, e.g. `read`.
+    pub action: Option<String>,
+    /// Outcome.
+    pub outcome: Option<Outcome>,
+    /// Events at or after this time, formatted by
+    /// [`format_time`](latchkey_core::audit::format_time).
+    pub since: Option<String>,
+    /// Events before this time, formatted like `since`.
+    pub until: Option<String>,
 }
 
 /// Checks that a batch whose first event is `first` continues the chain whose last event is
@@ -130,4 +168,20 @@ fn check_continues_head(head: Option<(u64, String)>, first: &AuditEvent) -> Stor
 
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex_value(text: &str) -> StoreResult<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return Err(StoreError::Corrupt(
+            "stored audit signing key is not hex".into(),
+        ));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| StoreError::Corrupt("stored audit signing key is not hex".into()))
+        })
+        .collect()
 }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey_core::audit::{AuditEvent, AuditRecord, Outcome};
+use latchkey_core::audit::{AuditEvent, AuditRecord, Checkpoint, Outcome};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{
-    PolicyRow, PrincipalRow, SecretRow, SecretVersionMeta, SecretVersionRow, Store, StoreError,
-    StoreResult, TokenRow, VaultRow,
+    AuditFilter, PolicyRow, PrincipalRow, SecretRow, SecretVersionMeta, SecretVersionRow, Store,
+    StoreError, StoreResult, TokenRow, VaultRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -660,6 +660,107 @@ impl Store for SqliteStore {
             .await?;
         rows.iter().map(audit_from_row).collect()
     }
+    async fn search_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM audit_events WHERE seq > ");
+        q.push_bind(i64::try_from(filter.after).unwrap_or(i64::MAX));
+        if let Some(principal) = &filter.principal {
+            q.push(" AND principal = ").push_bind(principal.clone());
+        }
+        if let Some(action) = &filter.action {
+            q.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(outcome) = filter.outcome {
+            q.push(" AND outcome = ").push_bind(outcome_str(outcome));
+        }
+        if let Some(prefix) = &filter.resource_prefix {
+            q.push(" AND substr(resource, 1, length(")
+                .push_bind(prefix.clone())
+                .push(")) = ")
+                .push_bind(prefix.clone());
+        }
+        if let Some(since) = &filter.since {
+            q.push(" AND time >= ").push_bind(since.clone());
+        }
+        if let Some(until) = &filter.until {
+            q.push(" AND time < ").push_bind(until.clone());
+        }
+        q.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_signing_key(&self) -> StoreResult<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'audit_signing_key'")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| crate::decode_hex_value(&r.try_get::<String, _>("value")?))
+            .transpose()
+    }
+
+    async fn insert_audit_signing_key(&self, sealed: &[u8]) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('audit_signing_key', ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(crate::hex_lower(sealed))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        let seq = i64::try_from(checkpoint.seq)
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint seq {}", checkpoint.seq)))?;
+        let result = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, time, key_id, signature) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(&checkpoint.head_hash)
+        .bind(&checkpoint.time)
+        .bind(&checkpoint.key_id)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "audit checkpoint at sequence {}",
+                checkpoint.seq
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn checkpoints(&self, after_seq: u64, limit: u32) -> StoreResult<Vec<Checkpoint>> {
+        let rows =
+            sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn last_checkpoint(&self) -> StoreResult<Option<Checkpoint>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+}
+
+fn checkpoint_from_row(row: &SqliteRow) -> StoreResult<Checkpoint> {
+    let seq: i64 = row.try_get("seq")?;
+    Ok(Checkpoint {
+        seq: u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint seq {seq}")))?,
+        head_hash: row.try_get("head_hash")?,
+        time: row.try_get("time")?,
+        key_id: row.try_get("key_id")?,
+        signature: row.try_get("signature")?,
+    })
 }
 
 impl SqliteStore {

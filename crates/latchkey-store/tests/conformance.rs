@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 
 use latchkey_core::audit::{
-    AuditEvent, AuditRecord, ChainVerifier, GENESIS_HASH, Outcome, seal_event,
+    AuditEvent, AuditRecord, AuditSigner, AuditVerifier, ChainVerifier, GENESIS_HASH, Outcome,
+    seal_event,
 };
 use latchkey_store::{
-    PrincipalRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError, TokenRow, VaultRow,
+    AuditFilter, PrincipalRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError,
+    TokenRow, VaultRow,
 };
 
 async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
@@ -330,6 +332,123 @@ fn continue_chain(head: Option<&(u64, String)>, count: u64, tag: &str) -> Vec<Au
         .collect()
 }
 
+async fn checkpoints_are_stored_in_order_once(store: &dyn Store) {
+    assert_eq!(store.last_checkpoint().await.unwrap(), None);
+    let (signer, _) = AuditSigner::generate().unwrap();
+    let events = continue_chain(None, 30, "cp");
+    store.append_audit(&events).await.unwrap();
+    let at = |seq: u64| {
+        let head = hex_to_array(&events[usize::try_from(seq).unwrap() - 1].hash);
+        signer.sign(seq, &head, chrono::DateTime::UNIX_EPOCH)
+    };
+    for seq in [10, 20, 30] {
+        store.append_checkpoint(&at(seq)).await.unwrap();
+    }
+    let again = store.append_checkpoint(&at(20)).await;
+    assert!(
+        matches!(&again, Err(StoreError::Conflict(what)) if what.contains("20")),
+        "one checkpoint per sequence: {again:?}"
+    );
+    let all = store.checkpoints(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|c| c.seq).collect::<Vec<_>>(), [10, 20, 30]);
+    assert_eq!(all[1], at(20), "read back exactly as written");
+    let page = store.checkpoints(10, 1).await.unwrap();
+    assert_eq!(page.iter().map(|c| c.seq).collect::<Vec<_>>(), [20]);
+    assert_eq!(store.last_checkpoint().await.unwrap().unwrap().seq, 30);
+
+    let mut verifier = AuditVerifier::new(signer.public_key(), ChainVerifier::new(), all).unwrap();
+    for event in store.audit_events(0, 100).await.unwrap() {
+        verifier.push(&event).unwrap();
+    }
+    assert_eq!(verifier.finish().unwrap().checkpoints, 3);
+}
+
+async fn audit_signing_key_is_created_once(store: &dyn Store) {
+    assert_eq!(store.audit_signing_key().await.unwrap(), None);
+    assert!(store.insert_audit_signing_key(&[1, 2, 0xfe]).await.unwrap());
+    assert!(!store.insert_audit_signing_key(&[9, 9]).await.unwrap());
+    assert_eq!(
+        store.audit_signing_key().await.unwrap(),
+        Some(vec![1, 2, 0xfe])
+    );
+}
+
+async fn audit_search_filters_in_sql(store: &dyn Store) {
+    let mut prev = GENESIS_HASH;
+    let mut events = Vec::new();
+    for seq in 1..=40u64 {
+        let mut rec = record(seq);
+        rec.time = format!("2026-12-04T10:00:{:02}.000000Z", seq);
+        rec.principal = if seq % 2 == 0 {
+            "User::\"alice\""
+        } else {
+            "User::\"bob\""
+        }
+        .into();
+        rec.action = if seq % 5 == 0 { "write" } else { "read" }.into();
+        rec.resource = if seq % 3 == 0 {
+            "Secret::\"prod/db\"".into()
+        } else {
+            "Secret::\"dev/db\"".into()
+        };
+        rec.outcome = if seq % 4 == 0 {
+            Outcome::Denied
+        } else {
+            Outcome::Allowed
+        };
+        let event = seal_event(seq, &prev, rec);
+        prev = hex_to_array(&event.hash);
+        events.push(event);
+    }
+    store.append_audit(&events).await.unwrap();
+    let seqs = |found: Vec<AuditEvent>| found.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let base = AuditFilter {
+        limit: 100,
+        ..AuditFilter::default()
+    };
+    assert_eq!(seqs(store.search_audit(&base).await.unwrap()).len(), 40);
+    let alice_denied = AuditFilter {
+        principal: Some("User::\"alice\"".into()),
+        outcome: Some(Outcome::Denied),
+        ..base.clone()
+    };
+    assert_eq!(
+        seqs(store.search_audit(&alice_denied).await.unwrap()),
+        [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    );
+    let prod_writes = AuditFilter {
+        resource_prefix: Some("Secret::\"prod/".into()),
+        action: Some("write".into()),
+        ..base.clone()
+    };
+    assert_eq!(
+        seqs(store.search_audit(&prod_writes).await.unwrap()),
+        [15, 30]
+    );
+    // A prefix with LIKE wildcards matches only literally.
+    let wildcard = AuditFilter {
+        resource_prefix: Some("Secret::\"%".into()),
+        ..base.clone()
+    };
+    assert!(store.search_audit(&wildcard).await.unwrap().is_empty());
+    let window = AuditFilter {
+        since: Some("2026-12-04T10:00:10.000000Z".into()),
+        until: Some("2026-12-04T10:00:13.000000Z".into()),
+        ..base.clone()
+    };
+    assert_eq!(
+        seqs(store.search_audit(&window).await.unwrap()),
+        [10, 11, 12]
+    );
+    let paged = AuditFilter {
+        after: 30,
+        limit: 2,
+        principal: Some("User::\"bob\"".into()),
+        ..base.clone()
+    };
+    assert_eq!(seqs(store.search_audit(&paged).await.unwrap()), [31, 33]);
+}
+
 fn assert_head_moved(result: Result<(), StoreError>, why: &str) {
     match result {
         Err(StoreError::Concurrent(what)) => assert_eq!(what, "audit chain head", "{why}"),
@@ -552,6 +671,9 @@ mod sqlite_backend {
     sqlite_case!(audit_appends_in_order_and_refuses_duplicates);
     sqlite_case!(append_audit_rejects_a_batch_that_does_not_continue_the_head);
     sqlite_case!(lists_sort_names_by_bytes);
+    sqlite_case!(checkpoints_are_stored_in_order_once);
+    sqlite_case!(audit_signing_key_is_created_once);
+    sqlite_case!(audit_search_filters_in_sql);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -716,6 +838,9 @@ mod postgres_backend {
     postgres_case!(audit_appends_in_order_and_refuses_duplicates);
     postgres_case!(append_audit_rejects_a_batch_that_does_not_continue_the_head);
     postgres_case!(lists_sort_names_by_bytes);
+    postgres_case!(checkpoints_are_stored_in_order_once);
+    postgres_case!(audit_signing_key_is_created_once);
+    postgres_case!(audit_search_filters_in_sql);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
