@@ -1372,3 +1372,27 @@ async fn live_verify_rejects_a_forged_checkpoint() {
         stderr(&output)
     );
 }
+
+#[test]
+fn audit_tail_shows_exactly_n_events() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    quickstart(&server, work.path());
+    for n in ["1", "3", "10"] {
+        let output = server.root(&["audit", "tail", "-n", n]);
+        assert_eq!(
+            stdout(&output).lines().count().to_string(),
+            n,
+            "{}",
+            stdout(&output)
+        );
+    }
+    let not_json = work.path().join("notes.txt");
+    std::fs::write(&not_json, "not an export\n").unwrap();
+    let output = server.lk(
+        None,
+        &["audit", "verify", "--file", not_json.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -181,9 +181,10 @@ impl AuditLog {
         wait.await.map_err(|_| AuditUnavailable)?
     }
 
-    /// False after the last commit failed, until one succeeds again.
+    /// False after the last commit failed (until one succeeds again) or once the writer task has stopped.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        // A writer task that has stopped can no longer record anything.
+        self.healthy.load(Ordering::Relaxed) && !self.sender.is_closed()
     }
 
     pub fn last_seq(&self) -> u64 {

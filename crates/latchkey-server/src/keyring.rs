@@ -230,6 +230,7 @@ impl Keyring {
         if let Ok(mut keys) = self.vault_keys.write() {
             keys.insert(vault_id.to_string(), Arc::clone(&key));
         }
+        self.forget_if_sealed()?;
         Ok((key, wrapped))
     }
 
@@ -252,6 +253,19 @@ impl Keyring {
         if let Ok(mut keys) = self.vault_keys.write() {
             keys.insert(vault_id.to_string(), Arc::clone(&key));
         }
+        self.forget_if_sealed()?;
         Ok(key)
+    }
+
+    /// Clears the vault keys when a seal happened while one was being unwrapped, so no key
+    /// stays cached on a sealed server.
+    fn forget_if_sealed(&self) -> Result<(), SealError> {
+        if !self.is_sealed() {
+            return Ok(());
+        }
+        if let Ok(mut keys) = self.vault_keys.write() {
+            keys.clear();
+        }
+        Err(SealError::Invalid("sealed".into()))
     }
 }

@@ -157,27 +157,40 @@ pub async fn initialize(state: &AppState, method: UnsealMethod) -> ApiResult<Ini
         revoked_at: None,
         created_by: None,
     };
-    state
-        .store
-        .initialize(&config_json, &root, &token_row)
-        .await?;
-    crate::audit_log::load_or_create_signer(state.store.as_ref(), &root_key)
-        .await
-        .map_err(ApiError::internal)?;
-
+    // The event is durable before anything is initialized, so no deployment exists whose
+    // creation went unrecorded; a failure afterwards is recorded as a second event.
     let mut detail = BTreeMap::new();
     detail.insert("mode".to_string(), config.mode().to_string());
     detail.insert(
         "root_token_accessor".to_string(),
         token_row.accessor.clone(),
     );
-    record_unauthenticated(state, "init", Outcome::Allowed, None, detail).await?;
+    record_unauthenticated(state, "init", Outcome::Allowed, None, detail.clone()).await?;
+    if let Err(error) = state
+        .store
+        .initialize(&config_json, &root, &token_row)
+        .await
+    {
+        let reason = Some(error_code(&error).to_string());
+        let _ = record_unauthenticated(state, "init", Outcome::Failed, reason, detail).await;
+        return Err(error.into());
+    }
+    crate::audit_log::load_or_create_signer(state.store.as_ref(), &root_key)
+        .await
+        .map_err(ApiError::internal)?;
     tracing::info!(mode = config.mode(), "initialized");
     Ok(Initialized {
         root_token,
         shares,
         root_key,
     })
+}
+
+fn error_code(error: &latchkey_store::StoreError) -> &'static str {
+    match error {
+        latchkey_store::StoreError::AlreadyInitialized => "already_initialized",
+        _ => "store_failed",
+    }
 }
 
 /// Audits an operation that has no authenticated caller (init, unseal).
@@ -333,9 +346,26 @@ pub async fn unseal(
     })?;
     match state.keyring.submit(&config, &key.0) {
         Ok(progress) => {
+            let mut detail = BTreeMap::new();
+            detail.insert(
+                "progress".to_string(),
+                format!("{}/{}", progress.progress, progress.threshold),
+            );
+            let action = if progress.sealed {
+                "unseal_share"
+            } else {
+                "unseal"
+            };
+            if let Err(error) =
+                record_unauthenticated(&state, action, Outcome::Allowed, None, detail).await
+            {
+                // An unseal that cannot be recorded does not happen.
+                if !progress.sealed {
+                    state.keyring.seal();
+                }
+                return Err(error);
+            }
             if !progress.sealed {
-                record_unauthenticated(&state, "unseal", Outcome::Allowed, None, BTreeMap::new())
-                    .await?;
                 tracing::info!("unsealed");
                 // Loads the audit signing key, creating it for a deployment that has none.
                 if let Err(error) = state.audit.signer().await {

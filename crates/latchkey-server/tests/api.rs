@@ -1453,3 +1453,68 @@ async fn quiet_log_is_signed_after_the_interval() {
         Err(latchkey_server::audit_log::SignerError::Sealed)
     ));
 }
+
+#[tokio::test]
+async fn shamir_shares_are_each_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
+        .await
+        .unwrap();
+    let state = Arc::new(
+        AppState::new(Arc::new(store.clone()), Settings::default())
+            .await
+            .unwrap(),
+    );
+    let app = router(state);
+    let (_, init) = post(
+        &app,
+        "/v1/sys/init",
+        json!({"shares": 3, "threshold": 2}),
+        None,
+    )
+    .await;
+    let share = init["shares"][0].as_str().unwrap().to_string();
+    let (status, _) = post(&app, "/v1/sys/unseal", json!({"key": share}), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = store.audit_events(0, 100).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.record.action.as_str()).collect();
+    assert_eq!(actions, vec!["init", "unseal_share"]);
+    assert_eq!(
+        events[1].record.detail.get("progress").map(String::as_str),
+        Some("1/2")
+    );
+    assert!(
+        !serde_json::to_string(&events).unwrap().contains(&share),
+        "no share in the log"
+    );
+}
+
+#[tokio::test]
+async fn init_is_recorded_before_it_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
+        .await
+        .unwrap();
+    let state = Arc::new(
+        AppState::new(Arc::new(store.clone()), Settings::default())
+            .await
+            .unwrap(),
+    );
+    let app = router(state);
+    sqlx::query("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (status, _) = post(
+        &app,
+        "/v1/sys/init",
+        json!({"shares": 3, "threshold": 2}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        store.seal_config().await.unwrap().is_none(),
+        "an unrecorded init initialized nothing"
+    );
+}

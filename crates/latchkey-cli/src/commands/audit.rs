@@ -337,7 +337,7 @@ fn read_export(path: &Path, mut visit: impl FnMut(ExportLine) -> CliResult<()>) 
             continue;
         }
         let parsed: ExportLine = serde_json::from_str(&line).map_err(|e| {
-            CliError::other(format!(
+            CliError::usage(format!(
                 "`{}` line {}: not an audit event or checkpoint: {e}",
                 path.display(),
                 number + 1
@@ -597,19 +597,30 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
             let client = Client::from_env()?;
             let none = Filters::default();
             let head = page(&client, u64::MAX - 1, 1, &none).await?.head_seq;
-            let mut after = head.saturating_sub(lines);
+
+            // Reading the log is itself audited. Show the last `lines` events as they were
+            // when tail started, and when following, leave out this command's own reads.
+            let first = page(&client, head.saturating_sub(lines), PAGE, &none).await?;
+            for event in first.events.iter().take_while(|e| e.seq <= head) {
+                print_event(event, format);
+            }
+            if !follow {
+                return Ok(0);
+            }
+            let me: serde_json::Value = client.get(&["v1", "tokens", "self"]).await?;
+            let own_token = me["token"]["accessor"].as_str().map(str::to_string);
+            let is_own_read = |event: &AuditEvent| {
+                event.record.token_id == own_token
+                    && matches!(event.record.action.as_str(), "audit_read" | "lookup_self")
+            };
+            let mut after = head;
             loop {
                 let page = page(&client, after, PAGE, &none).await?;
-                for event in &page.events {
+                for event in page.events.iter().filter(|e| !is_own_read(e)) {
                     print_event(event, format);
                 }
-                after = page.last_seq;
-                if !follow {
-                    return Ok(0);
-                }
-                if page.events.is_empty() {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
+                after = page.last_seq.max(after);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
         AuditCommand::Export {
