@@ -1396,3 +1396,143 @@ fn audit_tail_shows_exactly_n_events() {
     );
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Polls `check` every 20 ms until it returns true, returning the time it took.
+fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_database_agree() {
+    let base = postgres_base_url();
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    let database = format!("latchkey_two_nodes_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{database}");
+
+    let work = tempfile::tempdir().unwrap();
+    let node_a = Server::start_dev_with(&work.path().join("a"), true, &["--storage-url", &url]);
+    // Node B shares the database and the unseal key file, as a second replica would.
+    std::fs::create_dir_all(work.path().join("b")).unwrap();
+    std::fs::copy(
+        work.path().join("a/unseal.key"),
+        work.path().join("b/unseal.key"),
+    )
+    .unwrap();
+    let mut node_b =
+        Server::start_dev_with(&work.path().join("b"), false, &["--storage-url", &url]);
+    node_b.root = node_a.root.clone();
+
+    let alice = quickstart(&node_a, work.path());
+    let delay = time_until(Duration::from_secs(5), || {
+        stdout(&node_b.lk(Some(&alice), &["read", "lk://staging/db/password"], None))
+            == "staging-Secret-7781"
+    });
+    eprintln!("new policy reached node B after {delay:?}");
+
+    // A policy removed on A stops reads on B.
+    node_a.root(&["policy", "rm", "devs-read-staging"]);
+    let delay = time_until(Duration::from_secs(5), || {
+        node_b
+            .lk(Some(&alice), &["read", "lk://staging/db/password"], None)
+            .status
+            .code()
+            == Some(4)
+    });
+    eprintln!("policy removal reached node B after {delay:?}");
+    let policy = work.path().join("devs.cedar");
+    node_b.root(&[
+        "policy",
+        "set",
+        "devs-read-staging",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    time_until(Duration::from_secs(5), || {
+        node_a
+            .lk(Some(&alice), &["read", "lk://staging/db/password"], None)
+            .status
+            .success()
+    });
+
+    // A token revoked on A is refused by B.
+    let me: serde_json::Value = serde_json::from_slice(
+        &node_b
+            .lk(Some(&alice), &["whoami", "--format", "json"], None)
+            .stdout,
+    )
+    .unwrap();
+    let accessor = me["token"]["accessor"].as_str().unwrap().to_string();
+    node_a.root(&["token", "revoke", &accessor]);
+    let delay = time_until(Duration::from_secs(5), || {
+        node_b
+            .lk(Some(&alice), &["read", "lk://staging/db/password"], None)
+            .status
+            .code()
+            == Some(3)
+    });
+    eprintln!("revocation reached node B after {delay:?}");
+
+    // Concurrent writes through both nodes leave one chain.
+    let writers: Vec<_> = [&node_a, &node_b]
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let addr = node.addr.clone();
+            let root = node.root.clone().unwrap();
+            let config = work.path().join(format!("config-{n}"));
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let output = lk_at(
+                        &addr,
+                        Some(&root),
+                        &config,
+                        &["secret", "put", &format!("lk://prod/node{n}-{i}"), "f=v"],
+                        None,
+                        &[],
+                    );
+                    assert!(
+                        output.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    for node in [&node_a, &node_b] {
+        let output = node.root(&["audit", "verify"]);
+        assert!(
+            stdout(&output).contains("audit chain intact"),
+            "{}",
+            stdout(&output)
+        );
+    }
+    node_a.stop();
+    node_b.stop();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

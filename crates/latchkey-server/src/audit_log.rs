@@ -27,6 +27,8 @@ use crate::keyring::RootCell;
 
 /// Maximum records in one batch; the rest wait for the next commit.
 const MAX_BATCH: usize = 2048;
+/// How often one batch is chained again after other servers moved the shared head.
+const MAX_CHAIN_ATTEMPTS: u32 = 50;
 /// Records waiting for the writer before `append` callers wait for room.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 
@@ -250,17 +252,33 @@ impl Writer {
         }
     }
 
+    /// Chains the batch onto the head and stores it. When another server on the same
+    /// database appended first, the store refuses the batch as not continuing its head; the
+    /// batch is then chained again onto the new head, so the nodes share one chain.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
-        let mut events = Vec::with_capacity(batch.len());
-        let (mut seq, mut prev) = self.head;
-        for pending in batch.iter() {
-            seq += 1;
-            let event = seal_event(seq, &prev, pending.record.clone());
-            prev = decode_hash(&event);
-            events.push(event);
-        }
+        let mut attempt = 0;
+        let (events, seq, prev, result) = loop {
+            let mut events = Vec::with_capacity(batch.len());
+            let (mut seq, mut prev) = self.head;
+            for pending in batch.iter() {
+                seq += 1;
+                let event = seal_event(seq, &prev, pending.record.clone());
+                prev = decode_hash(&event);
+                events.push(event);
+            }
+            let result = self.store.append_audit(&events).await;
+            attempt += 1;
+            if let Err(StoreError::Concurrent(_)) = &result
+                && attempt < MAX_CHAIN_ATTEMPTS
+                && let Ok(stored) = load_head(self.store.as_ref()).await
+            {
+                self.head = stored;
+                continue;
+            }
+            break (events, seq, prev, result);
+        };
 
-        match self.store.append_audit(&events).await {
+        match result {
             Ok(()) => {
                 self.head = (seq, prev);
                 self.last_seq.store(seq, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -17,6 +18,11 @@ use latchkey_store::TokenRow;
 
 use crate::error::{ApiError, Audited, ErrorCode, REQUEST_ID};
 use crate::state::{AuditSlot, RequestCtx, SharedState, build_record};
+
+/// How long a token lookup is trusted. This server clears its cache on every change it
+/// makes; the lifetime bounds how long a change made by another server on the same
+/// database (a revocation, a group change, a deactivation) takes to apply here.
+const TOKEN_CACHE_LIFETIME: Duration = Duration::from_secs(1);
 
 /// Tokens beyond this many cached entries clear the cache rather than grow it.
 const TOKEN_CACHE_LIMIT: usize = 100_000;
@@ -33,6 +39,7 @@ struct CachedToken {
     token: Arc<TokenRow>,
     principal: Arc<Principal>,
     active: bool,
+    loaded_at: Instant,
 }
 
 /// Token lookups by hash. Any change to a token, a principal or a group membership clears
@@ -58,11 +65,13 @@ impl TokenCache {
         }
     }
 
+    /// Returns a cached entry younger than [`TOKEN_CACHE_LIFETIME`].
     fn get(&self, hash: &[u8; 32]) -> Option<Arc<CachedToken>> {
         self.entries
             .read()
             .ok()
             .and_then(|e| e.map.get(hash).cloned())
+            .filter(|entry| entry.loaded_at.elapsed() < TOKEN_CACHE_LIFETIME)
     }
 
     fn generation(&self) -> u64 {
@@ -167,6 +176,7 @@ pub async fn authenticate(
                 }),
                 active: row.active,
                 token: Arc::new(token),
+                loaded_at: Instant::now(),
             });
             state.tokens.insert(hash, Arc::clone(&entry), generation);
             entry

@@ -18,6 +18,9 @@ use crate::sys::{UnsealMethod, initialize, load_seal_config};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8740";
 const KEY_FILE: &str = "unseal.key";
 const DATABASE_FILE: &str = "latchkey.db";
+/// How often the server compares its policies with the store's, which bounds how long a
+/// policy change made on another server takes to apply here.
+const POLICY_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct ServeOptions {
     pub dev: bool,
@@ -255,6 +258,29 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         tracing::info!("sealed: run `lk operator unseal`");
     }
     tracing::info!(%address, scheme, "listening");
+
+    // Other servers on the same database may change policies; pick their changes up.
+    let watched = Arc::clone(&state);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(POLICY_REFRESH_INTERVAL);
+        let mut failing = false;
+        loop {
+            ticks.tick().await;
+            match watched.refresh_policies().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("checking the stored policies works again");
+                }
+                Ok(_) => {}
+                // Logged once per outage rather than every second.
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "checking the stored policies failed");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 
     let app =
         crate::app::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();

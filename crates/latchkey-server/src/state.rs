@@ -43,6 +43,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keyring: Keyring,
     pub policies: RwLock<Arc<PolicyEngine>>,
+    /// SHA-256 over the stored policies the engine was built from.
+    policy_fingerprint: std::sync::Mutex<[u8; 32]>,
     pub tokens: TokenCache,
     pub audit: AuditLog,
     pub settings: Settings,
@@ -59,11 +61,12 @@ impl AppState {
             settings.audit_checkpoints,
         )
         .await?;
-        let engine = load_policy_engine(store.as_ref()).await?;
+        let (engine, fingerprint) = load_policy_engine(store.as_ref()).await?;
         Ok(AppState {
             store,
             keyring,
             policies: RwLock::new(Arc::new(engine)),
+            policy_fingerprint: std::sync::Mutex::new(fingerprint),
             tokens: TokenCache::default(),
             audit,
             settings,
@@ -79,13 +82,43 @@ impl AppState {
 
     /// Rebuilds the policy engine from the store after a policy changed.
     pub async fn reload_policies(&self) -> ApiResult<()> {
-        let engine = load_policy_engine(self.store.as_ref())
+        let (engine, fingerprint) = load_policy_engine(self.store.as_ref())
             .await
             .map_err(ApiError::internal)?;
         if let Ok(mut guard) = self.policies.write() {
             *guard = Arc::new(engine);
         }
+        if let Ok(mut guard) = self.policy_fingerprint.lock() {
+            *guard = fingerprint;
+        }
         Ok(())
+    }
+
+    /// Rebuilds the engine when the stored policies differ from the ones it was built from,
+    /// which happens when another server on the same database changed them.
+    pub async fn refresh_policies(&self) -> anyhow::Result<bool> {
+        let rows = self.store.list_policies().await?;
+        let fingerprint = policy_fingerprint(&rows);
+        let current = self
+            .policy_fingerprint
+            .lock()
+            .map(|f| *f)
+            .unwrap_or([0; 32]);
+        if fingerprint == current {
+            return Ok(false);
+        }
+        let engine = PolicyEngine::new(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
+        if let Ok(mut guard) = self.policies.write() {
+            *guard = Arc::new(engine);
+        }
+        if let Ok(mut guard) = self.policy_fingerprint.lock() {
+            *guard = fingerprint;
+        }
+        tracing::info!(
+            policies = rows.len(),
+            "policies changed in the store; reloaded"
+        );
+        Ok(true)
     }
 
     /// Decides whether the caller may take `action` on `resource`, and fills the request's
@@ -166,10 +199,21 @@ impl AppState {
     }
 }
 
-async fn load_policy_engine(store: &dyn Store) -> anyhow::Result<PolicyEngine> {
+async fn load_policy_engine(store: &dyn Store) -> anyhow::Result<(PolicyEngine, [u8; 32])> {
     let rows = store.list_policies().await?;
     let engine = PolicyEngine::new(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
-    Ok(engine)
+    Ok((engine, policy_fingerprint(&rows)))
+}
+
+fn policy_fingerprint(rows: &[latchkey_store::PolicyRow]) -> [u8; 32] {
+    let mut text = Vec::new();
+    for row in rows {
+        for part in [row.name.as_bytes(), row.text.as_bytes()] {
+            text.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            text.extend_from_slice(part);
+        }
+    }
+    latchkey_core::crypto::sha256(&text)
 }
 
 /// Context of one authenticated request, passed to its handler.
