@@ -1536,3 +1536,87 @@ async fn two_servers_on_one_postgres_database_agree() {
         .await
         .unwrap();
 }
+
+/// Renames a database, terminating its connections first; retries while the server under
+/// test reconnects in between.
+async fn rename_database(admin: &sqlx::PgPool, from: &str, to: &str) {
+    for _ in 0..100 {
+        sqlx::query(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{from}' AND pid <> pg_backend_pid()"
+        ))
+        .execute(admin)
+        .await
+        .unwrap();
+        if sqlx::query(&format!("ALTER DATABASE {from} RENAME TO {to}"))
+            .execute(admin)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not rename database {from}");
+}
+
+#[tokio::test]
+async fn database_outage_fails_closed_and_recovers() {
+    let base = postgres_base_url();
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    let database = format!("latchkey_outage_{}", std::process::id());
+    let parked = format!("{database}_parked");
+    for name in [&database, &parked] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{database}");
+
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev_with(&work.path().join("data"), true, &["--storage-url", &url]);
+    server.root(&["vault", "create", "v"]);
+    server.root(&["secret", "put", "lk://v/s", "f=outage-Secret-1"]);
+
+    rename_database(&admin, &database, &parked).await;
+    let output = server.lk(server.root.as_deref(), &["read", "lk://v/s/f"], None);
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(stdout(&output).is_empty());
+    assert!(
+        stderr(&output).contains("database is unreachable"),
+        "{}",
+        stderr(&output)
+    );
+    let output = server.lk(None, &["status"], None);
+    assert_eq!(output.status.code(), Some(6));
+    assert!(
+        stdout(&output).contains("storage_unavailable"),
+        "{}",
+        stdout(&output)
+    );
+
+    rename_database(&admin, &parked, &database).await;
+    let delay = time_until(Duration::from_secs(15), || {
+        stdout(&server.lk(server.root.as_deref(), &["read", "lk://v/s/f"], None))
+            == "outage-Secret-1"
+    });
+    eprintln!("reads recovered {delay:?} after the database returned");
+    let output = server.root(&["audit", "verify"]);
+    assert!(
+        stdout(&output).contains("audit chain intact"),
+        "{}",
+        stdout(&output)
+    );
+    server.stop();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

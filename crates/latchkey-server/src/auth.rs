@@ -101,6 +101,8 @@ pub enum AuthFailure {
     Expired,
     Revoked,
     Inactive,
+    /// The token could not be looked up: no verdict on it, so no 401 either.
+    StoreUnavailable,
 }
 
 impl AuthFailure {
@@ -112,6 +114,7 @@ impl AuthFailure {
             AuthFailure::Expired => "expired_token",
             AuthFailure::Revoked => "revoked_token",
             AuthFailure::Inactive => "inactive_principal",
+            AuthFailure::StoreUnavailable => "storage_unavailable",
         }
     }
 }
@@ -154,7 +157,7 @@ pub async fn authenticate(
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "token lookup failed");
-                    (AuthFailure::Unknown, None)
+                    (AuthFailure::StoreUnavailable, None)
                 })?
                 .ok_or((AuthFailure::Unknown, None))?;
             let row = state
@@ -163,7 +166,7 @@ pub async fn authenticate(
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "principal lookup failed");
-                    (AuthFailure::Unknown, None)
+                    (AuthFailure::StoreUnavailable, None)
                 })?
                 .ok_or((AuthFailure::Unknown, Some(token.accessor.clone())))?;
             let kind = principal_kind_from_str(&row.kind)
@@ -248,6 +251,9 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
 
     let caller = match authenticate(&state, request.headers()).await {
         Ok(caller) => caller,
+        Err((AuthFailure::StoreUnavailable, _)) => {
+            return ApiError::storage_unavailable().into_response();
+        }
         Err((failure, accessor)) => {
             tracing::warn!(reason = failure.code(), client = ?client, "authentication failed");
             let record = AuditRecord {
@@ -308,6 +314,10 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
     if let Some(Some(record)) = record
         && state.audit.append(record).await.is_err()
     {
+        // An unreachable database fails the audit append as well; its own error says more.
+        if code.as_deref() == Some("storage_unavailable") {
+            return response;
+        }
         return ApiError::audit_unavailable().into_response();
     }
     response

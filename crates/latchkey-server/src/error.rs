@@ -71,6 +71,14 @@ impl ApiError {
         )
     }
 
+    pub fn storage_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the database is unreachable, so the request was refused; nothing was returned or changed. Retry when `lk status` is ok",
+        )
+    }
+
     pub fn audit_unavailable() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -109,6 +117,10 @@ impl From<StoreError> for ApiError {
                 "already_initialized",
                 "the server is already initialized",
             ),
+            other if other.is_unavailable() => {
+                tracing::error!(error = %other, "the database is unavailable");
+                ApiError::storage_unavailable()
+            }
             other => ApiError::internal(other),
         }
     }

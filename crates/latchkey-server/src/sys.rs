@@ -27,8 +27,10 @@ pub const ROOT_PRINCIPAL_ID: &str = "prn_root";
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthResponse {
-    /// `ok`, `uninitialized`, `sealed` or `degraded` (the audit log cannot be written).
+    /// `ok`, `storage_unavailable` (the database cannot be reached), `uninitialized`,
+    /// `sealed` or `degraded` (the audit log cannot be written).
     pub status: String,
+    pub storage_reachable: bool,
     pub initialized: bool,
     pub sealed: bool,
     pub audit_writable: bool,
@@ -235,10 +237,14 @@ pub async fn load_seal_config(state: &AppState) -> ApiResult<Option<SealConfig>>
 #[utoipa::path(get, path = "/v1/sys/health", tag = "sys",
     responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
 pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<HealthResponse>) {
-    let initialized = matches!(state.store.seal_config().await, Ok(Some(_)));
+    let seal_config = state.store.seal_config().await;
+    let storage_reachable = seal_config.is_ok();
+    let initialized = matches!(seal_config, Ok(Some(_)));
     let sealed = state.keyring.is_sealed();
     let audit_writable = state.audit.is_healthy();
-    let status = if !initialized {
+    let status = if !storage_reachable {
+        "storage_unavailable"
+    } else if !initialized {
         "uninitialized"
     } else if sealed {
         "sealed"
@@ -256,6 +262,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         code,
         Json(HealthResponse {
             status: status.into(),
+            storage_reachable,
             initialized,
             sealed,
             audit_writable,
