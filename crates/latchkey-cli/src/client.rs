@@ -12,7 +12,7 @@ use crate::error::{CliError, CliResult};
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8740";
 const TOKEN_FILE: &str = "token";
 
-/// Where `lk login` keeps the token: `$LATCHKEY_CONFIG_DIR`, else the user's config
+/// Returns the directory where `lk login` keeps the token: `$LATCHKEY_CONFIG_DIR`, else the user's config
 /// directory (`~/.config/latchkey` on Linux).
 pub fn config_dir() -> CliResult<PathBuf> {
     if let Some(dir) = std::env::var_os("LATCHKEY_CONFIG_DIR") {
@@ -63,7 +63,7 @@ struct ErrorFields {
 }
 
 impl Client {
-    /// A client for `LATCHKEY_ADDR` (default http://127.0.0.1:8740) with the token from
+    /// Builds a client for `LATCHKEY_ADDR` (default http://127.0.0.1:8740) with the token from
     /// `LATCHKEY_TOKEN` or the `lk login` file. `LATCHKEY_CACERT` names a PEM file of
     /// extra trusted CA certificates.
     pub fn from_env() -> CliResult<Client> {
@@ -228,7 +228,7 @@ impl Client {
         }
     }
 
-    /// GETs JSON whatever the status (health answers 503 with a body when sealed).
+    /// GETs JSON whatever the status (health returns 503 with a body when sealed).
     pub async fn get_any_status(&self, segments: &[&str]) -> CliResult<(u16, serde_json::Value)> {
         let url = self.url(segments)?;
         let response = self

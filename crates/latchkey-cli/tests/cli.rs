@@ -802,29 +802,39 @@ fn login_stores_the_token_privately() {
     assert_eq!(output.status.code(), Some(2));
 }
 
-/// The PostgreSQL server CI provides; `LATCHKEY_TEST_POSTGRES_URL` overrides it.
+/// Returns the URL of the PostgreSQL server CI provides, or `LATCHKEY_TEST_POSTGRES_URL`.
 fn postgres_base_url() -> String {
     std::env::var("LATCHKEY_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
-#[tokio::test]
-async fn quickstart_runs_on_postgres() {
+/// Creates an empty database `name` (dropping a leftover one) and returns an admin pool
+/// on the base database together with the new database's URL.
+async fn fresh_database(name: &str) -> (sqlx::PgPool, String) {
     let base = postgres_base_url();
     let admin = sqlx::PgPool::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
-    let database = format!("latchkey_cli_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {database}"))
+    drop_database(&admin, name).await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
         .await
         .unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{database}");
+    (admin, format!("{prefix}/{name}"))
+}
+
+async fn drop_database(admin: &sqlx::PgPool, name: &str) {
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn quickstart_runs_on_postgres() {
+    let database = format!("latchkey_cli_{}", std::process::id());
+    let (admin, url) = fresh_database(&database).await;
 
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
@@ -854,20 +864,17 @@ async fn quickstart_runs_on_postgres() {
 
     let log = std::fs::read_to_string(work.path().join("data.log")).unwrap();
     assert!(log.contains("storage: PostgreSQL"), "{log}");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_database(&admin, &database).await;
 }
 
 #[test]
-fn logout_revokes_the_stored_token_not_the_environment_one() {
+fn logout_revokes_the_stored_token() {
     let work = tempfile::tempdir().unwrap();
     let server = Server::start_dev(&work.path().join("data"), true);
     let alice = quickstart(&server, work.path());
     server.lk(None, &["login", "--token", &alice], None);
 
-    // LATCHKEY_TOKEN holds the root token while alice's token is the stored one.
+    // LATCHKEY_TOKEN contains the root token while alice's token is the stored one.
     let output = server.lk(server.root.as_deref(), &["logout"], None);
     assert!(output.status.success(), "{}", stderr(&output));
     let output = server.lk(Some(&alice), &["whoami"], None);
@@ -1412,21 +1419,8 @@ fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
 
 #[tokio::test]
 async fn two_servers_on_one_postgres_database_agree() {
-    let base = postgres_base_url();
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
     let database = format!("latchkey_two_nodes_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{database}");
+    let (admin, url) = fresh_database(&database).await;
 
     let work = tempfile::tempdir().unwrap();
     let node_a = Server::start_dev_with(&work.path().join("a"), true, &["--storage-url", &url]);
@@ -1531,10 +1525,7 @@ async fn two_servers_on_one_postgres_database_agree() {
     }
     node_a.stop();
     node_b.stop();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_database(&admin, &database).await;
 }
 
 /// Renames a database, terminating its connections first; retries while the server under
@@ -1561,24 +1552,10 @@ async fn rename_database(admin: &sqlx::PgPool, from: &str, to: &str) {
 
 #[tokio::test]
 async fn database_outage_fails_closed_and_recovers() {
-    let base = postgres_base_url();
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
     let database = format!("latchkey_outage_{}", std::process::id());
     let parked = format!("{database}_parked");
-    for name in [&database, &parked] {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{database}");
+    let (admin, url) = fresh_database(&database).await;
+    drop_database(&admin, &parked).await;
 
     let work = tempfile::tempdir().unwrap();
     let server = Server::start_dev_with(&work.path().join("data"), true, &["--storage-url", &url]);
@@ -1615,8 +1592,5 @@ async fn database_outage_fails_closed_and_recovers() {
         stdout(&output)
     );
     server.stop();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    drop_database(&admin, &database).await;
 }

@@ -253,8 +253,9 @@ impl Writer {
     }
 
     /// Chains the batch onto the head and stores it. When another server on the same
-    /// database appended first, the store refuses the batch as not continuing its head; the
-    /// batch is then chained again onto the new head, so the nodes share one chain.
+    /// database appended first, the store rejects the batch because it does not continue the
+    /// stored head. The batch is then chained again onto the new head, so the nodes share
+    /// one chain.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         let mut attempt = 0;
         let (events, seq, prev, result) = loop {
@@ -297,7 +298,7 @@ impl Writer {
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Err(AuditUnavailable));
                 }
-                // The commit may have failed after it reached the disk; continue from what
+                // The commit may have failed after it reached the disk. Continue from what
                 // the store contains, so the next batch neither forks nor repeats the chain.
                 if let Ok(stored) = load_head(self.store.as_ref()).await {
                     self.head = stored;

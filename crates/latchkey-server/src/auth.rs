@@ -20,7 +20,7 @@ use crate::error::{ApiError, Audited, ErrorCode, REQUEST_ID};
 use crate::state::{AuditSlot, RequestCtx, SharedState, build_record};
 
 /// How long a token lookup is trusted. This server clears its cache on every change it
-/// makes; the lifetime bounds how long a change made by another server on the same
+/// makes. The lifetime bounds how long a change made by another server on the same
 /// database (a revocation, a group change, a deactivation) takes to apply here.
 const TOKEN_CACHE_LIFETIME: Duration = Duration::from_secs(1);
 
@@ -314,7 +314,7 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
     if let Some(Some(record)) = record
         && state.audit.append(record).await.is_err()
     {
-        // An unreachable database fails the audit append as well; its own error says more.
+        // An unreachable database fails the audit append as well; its own error is more precise.
         if code.as_deref() == Some("storage_unavailable") {
             return response;
         }

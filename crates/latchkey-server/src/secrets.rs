@@ -278,8 +278,8 @@ pub async fn put_secret(
         .or_else(|| existing.as_ref().map(|s| s.tags.clone()))
         .unwrap_or_default();
 
-    // Writing must be allowed on the secret as it is now, and also as it will be when the
-    // write changes its tags; otherwise a writer could re-tag a secret into their reach.
+    // A write that changes tags needs `write` on the secret as it is now and as it will be.
+    // Otherwise a writer could re-tag a secret into their reach and then read it.
     if let Some(current) = &existing
         && current.tags != tags
     {
@@ -380,7 +380,7 @@ fn tags_text(tags: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-/// Returns a vault's data key; a server sealed meanwhile answers 503 `sealed`.
+/// Returns a vault's data key; a server sealed meanwhile returns 503 `sealed`.
 fn vault_key(
     state: &SharedState,
     vault: &VaultRow,

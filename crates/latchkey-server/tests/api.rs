@@ -25,12 +25,17 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(Settings::default()).await
+}
+
+/// Builds a dev-mode server over a fresh SQLite store, initialized and unsealed.
+async fn harness_with(settings: Settings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("latchkey.db"))
         .await
         .unwrap();
     let state = Arc::new(
-        AppState::new(Arc::new(store.clone()), Settings::default())
+        AppState::new(Arc::new(store.clone()), settings)
             .await
             .unwrap(),
     );
@@ -226,7 +231,7 @@ async fn policy_allows_staging_and_denies_prod() {
 }
 
 #[tokio::test]
-async fn missing_secret_is_403_for_the_unauthorized_and_404_for_others() {
+async fn missing_secret_status_follows_access() {
     let h = harness().await;
     let alice = h.seed().await;
     let (status, _) = h
@@ -455,7 +460,7 @@ async fn invalid_policy_names_line_and_column() {
 }
 
 #[tokio::test]
-async fn unauthenticated_requests_are_401_and_audited_without_the_token() {
+async fn unauthenticated_request_is_audited_tokenless() {
     let h = harness().await;
     let alice = h.seed().await;
     let (status, body) = h.call("GET", "/v1/vaults", None, None).await;
@@ -494,7 +499,7 @@ async fn unauthenticated_requests_are_401_and_audited_without_the_token() {
 }
 
 #[tokio::test]
-async fn token_renewal_rejects_bad_increments_and_caps_at_max() {
+async fn token_renewal_bounds_increments() {
     let h = harness().await;
     let alice = h.seed().await;
     for bad in ["-5m", "0s", "0", "999999999999h", "soon"] {
@@ -893,7 +898,7 @@ async fn passphrase_init_and_wrong_passphrase() {
     assert_eq!(body["sealed"], false);
 }
 
-/// A team-a writer whose policy reads and writes only `team=a` secrets.
+/// Creates alice, whose policy lets her read and write only `team=a` secrets, and returns her token.
 async fn team_a_writer(h: &Harness) -> String {
     h.root("POST", "/v1/vaults", Some(json!({"name": "prod"})))
         .await;
@@ -1023,7 +1028,7 @@ async fn missing_vault_reads_like_an_existing_one() {
 }
 
 #[tokio::test]
-async fn a_token_manages_only_itself() {
+async fn token_manages_only_itself() {
     let h = harness().await;
     let alice = team_a_writer(&h).await;
     let (_, other) = h
@@ -1078,34 +1083,16 @@ async fn json_errors_do_not_echo_values() {
 
 // Signed checkpoints, the audit key, ranges and search.
 
-/// A harness whose audit writer signs a checkpoint every `every` events.
+/// Builds a harness whose audit writer signs a checkpoint every `every` events.
 async fn checkpoint_harness(every: u64) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
-        .await
-        .unwrap();
-    let settings = Settings {
+    harness_with(Settings {
         audit_checkpoints: latchkey_server::audit_log::CheckpointSettings {
             every,
             interval: std::time::Duration::from_secs(3600),
         },
         ..Settings::default()
-    };
-    let state = Arc::new(
-        AppState::new(Arc::new(store.clone()), settings)
-            .await
-            .unwrap(),
-    );
-    let initialized = initialize(&state, UnsealMethod::KeyFile(Key256::generate().unwrap()))
-        .await
-        .unwrap();
-    state.keyring.install_root(initialized.root_key);
-    Harness {
-        dir,
-        app: router(state),
-        root: initialized.root_token.expose().to_string(),
-        store,
-    }
+    })
+    .await
 }
 
 impl Harness {
@@ -1160,7 +1147,7 @@ fn checkpoint_fault(
 }
 
 #[tokio::test]
-async fn audit_key_is_shown_to_any_caller_and_verifies_checkpoints() {
+async fn audit_key_verifies_checkpoints() {
     let h = checkpoint_harness(5).await;
     let alice = h.seed().await;
     let (status, body) = h.call("GET", "/v1/audit/key", Some(&alice), None).await;
@@ -1194,7 +1181,7 @@ async fn audit_key_is_shown_to_any_caller_and_verifies_checkpoints() {
 }
 
 #[tokio::test]
-async fn signing_key_survives_a_restart_and_is_created_for_old_deployments() {
+async fn signing_key_survives_restart() {
     let h = checkpoint_harness(5).await;
     h.seed().await;
     let first = h.audit_public_key().await;

@@ -23,7 +23,7 @@ pub struct SecretRow {
     pub updated_at: i64,
 }
 
-/// One sealed version of a secret. The ciphertext holds every field's value.
+/// One sealed version of a secret. The ciphertext contains every field's value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretVersionRow {
     pub secret_id: String,

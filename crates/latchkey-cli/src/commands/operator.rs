@@ -34,7 +34,7 @@ pub enum OperatorCommand {
         #[arg(long, conflicts_with = "stdin")]
         reset: bool,
     },
-    /// Seal the server: it forgets its keys until unsealed again.
+    /// Seal the server: it drops its keys from memory until unsealed again.
     Seal,
 }
 

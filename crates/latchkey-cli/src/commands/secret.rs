@@ -135,6 +135,15 @@ async fn put_fields(
     response
 }
 
+/// Prints imported variables as a dotenv file of references, for `lk run --env-file`.
+fn print_reference_env(written: &[(String, String, String)]) {
+    let pairs: Vec<(String, String)> = written
+        .iter()
+        .map(|(key, reference, _)| (key.clone(), reference.clone()))
+        .collect();
+    print!("{}", latchkey_core::dotenv::render(&pairs));
+}
+
 fn decoded(field: &serde_json::Value) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(
         BASE64
@@ -411,11 +420,7 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                                         "imported {} of {total} variables before `{key}` failed; their references:",
                                         written.len()
                                     );
-                                    let pairs: Vec<(String, String)> = written
-                                        .iter()
-                                        .map(|(k, r, _)| (k.clone(), r.clone()))
-                                        .collect();
-                                    print!("{}", latchkey_core::dotenv::render(&pairs));
+                                    print_reference_env(&written);
                                 }
                                 return Err(error.context(format!("importing `{key}`")));
                             }
@@ -436,11 +441,7 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                     "imported {} {noun} into vault {vault}; an env file for `lk run --env-file` follows:",
                     written.len()
                 );
-                let pairs: Vec<(String, String)> = written
-                    .iter()
-                    .map(|(k, r, _)| (k.clone(), r.clone()))
-                    .collect();
-                print!("{}", latchkey_core::dotenv::render(&pairs));
+                print_reference_env(&written);
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::output::{self, Format};
 pub async fn run(format: Format) -> CliResult<()> {
     let client = Client::from_env()?;
     let (_, health) = client.get_any_status(&["v1", "sys", "health"]).await?;
-    // Both answer with a body even when the server is sealed or its database is down.
+    // Both return a body even when the server is sealed or its database is down.
     let (_, seal) = client.get_any_status(&["v1", "sys", "seal-status"]).await?;
     if format == Format::Json {
         output::json(&serde_json::json!({"health": health, "seal": seal}));
