@@ -175,15 +175,26 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
+        let text = response.text().await.unwrap_or_default();
+        let envelope = serde_json::from_str::<ErrorEnvelope>(&text);
         if status == StatusCode::UNAUTHORIZED {
+            // A failed login explains itself; a refused token gets a hint on what to do.
+            if let Ok(envelope) = &envelope
+                && envelope.error.code != "unauthenticated"
+            {
+                return Err(CliError::api(
+                    401,
+                    &envelope.error.code,
+                    &envelope.error.message,
+                ));
+            }
             return Err(CliError::api(
                 401,
                 "unauthenticated",
                 &self.unauthenticated_message(),
             ));
         }
-        let text = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorEnvelope>(&text) {
+        match envelope {
             Ok(envelope) => Err(CliError::api(
                 status.as_u16(),
                 &envelope.error.code,
@@ -195,8 +206,8 @@ impl Client {
 
     fn unauthenticated_message(&self) -> String {
         match &self.token {
-            None => "not signed in: set LATCHKEY_TOKEN or run `lk login --token TOKEN`".to_string(),
-            Some(_) => "the server rejected the token (invalid, expired or revoked): get a new one and set LATCHKEY_TOKEN or run `lk login --token TOKEN`".to_string(),
+            None => "not signed in: run `lk login` (or `lk login --token TOKEN`, or set LATCHKEY_TOKEN)".to_string(),
+            Some(_) => "the server rejected the token (invalid, expired or revoked): sign in again with `lk login`, or set LATCHKEY_TOKEN to a valid token".to_string(),
         }
     }
 

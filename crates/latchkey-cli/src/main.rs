@@ -15,7 +15,8 @@ use crate::output::Format;
 #[command(name = "lk", version, about = "Latchkey: just-in-time secrets broker")]
 #[command(
     after_help = "The server address comes from LATCHKEY_ADDR (default http://127.0.0.1:8740) and the \
-token from LATCHKEY_TOKEN or `lk login --token`.\n\nExit codes: 0 success, 1 error, 2 invalid usage or input, \
+token from LATCHKEY_TOKEN or `lk login`; a CI job sets LATCHKEY_ROLE and LATCHKEY_JWT (or \
+LATCHKEY_JWT_FILE) instead.\n\nExit codes: 0 success, 1 error, 2 invalid usage or input, \
 3 not authenticated, 4 permission denied, 5 not found, 6 server unavailable (sealed or audit log down); \
 `lk run` returns the command's own code."
 )]
@@ -36,7 +37,8 @@ enum Command {
     /// Initialize, unseal and seal the server.
     #[command(subcommand)]
     Operator(commands::operator::OperatorCommand),
-    /// Store a token for later commands (in a 0600 file under the config directory).
+    /// Sign in (browser, `--device`, or `--jwt-file --role` for workloads) or store a token
+    /// (`--token`); the token is kept in a 0600 file under the config directory.
     Login(commands::login::LoginArgs),
     /// Revoke the stored token on the server and remove it locally.
     Logout,
@@ -66,6 +68,9 @@ enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Manage OIDC connectors and JWT roles.
+    #[command(subcommand)]
+    Auth(commands::auth::AuthCommand),
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
@@ -86,6 +91,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::User(command) => commands::user::run(command, format).await.map(|_| 0),
         Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
         Command::Audit(command) => commands::audit::run(command, format).await,
+        Command::Auth(command) => commands::auth::run(command, format).await.map(|_| 0),
     }
 }
 

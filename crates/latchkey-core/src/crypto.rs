@@ -260,6 +260,18 @@ pub mod aad {
         encode(&[b"audit-signing-key"])
     }
 
+    /// Builds the associated data for an identity connector's client secret sealed under
+    /// the root key.
+    pub fn connector_secret(kind: &str, name: &str) -> Vec<u8> {
+        encode(&[b"connector-secret", kind.as_bytes(), name.as_bytes()])
+    }
+
+    /// Builds the associated data for the private part of a login in progress, sealed under
+    /// the root key and bound to the hash that keys its row.
+    pub fn login_attempt(id_hash: &str) -> Vec<u8> {
+        encode(&[b"login-attempt", id_hash.as_bytes()])
+    }
+
     /// Builds the associated data for one version of a secret sealed under its vault's key.
     pub fn secret_version(vault_id: &str, secret_id: &str, version: u32) -> Vec<u8> {
         encode(&[

@@ -2,6 +2,7 @@ pub mod audit;
 pub mod crypto;
 pub mod dotenv;
 pub mod duration;
+pub mod jwt;
 pub mod policy;
 pub mod reference;
 pub mod template;

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
-use crate::{audit_api, auth, policies, secrets, sys, tokens, users, vaults};
+use crate::{audit_api, auth, connectors, login, policies, secrets, sys, tokens, users, vaults};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,6 +52,18 @@ use crate::{audit_api, auth, policies, secrets, sys, tokens, users, vaults};
         audit_api::list_events,
         audit_api::list_checkpoints,
         audit_api::audit_key,
+        login::jwt_login,
+        login::oidc_start,
+        login::oidc_callback,
+        login::device_start,
+        login::device_poll,
+        connectors::list,
+        connectors::put_oidc,
+        connectors::get_oidc,
+        connectors::delete_oidc,
+        connectors::put_jwt_role,
+        connectors::get_jwt_role,
+        connectors::delete_jwt_role,
     )
 )]
 pub struct ApiDoc;
@@ -117,6 +129,19 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/audit/events", get(audit_api::list_events))
         .route("/v1/audit/checkpoints", get(audit_api::list_checkpoints))
         .route("/v1/audit/key", get(audit_api::audit_key))
+        .route("/v1/auth/connectors", get(connectors::list))
+        .route(
+            "/v1/auth/oidc/connectors/{name}",
+            put(connectors::put_oidc)
+                .get(connectors::get_oidc)
+                .delete(connectors::delete_oidc),
+        )
+        .route(
+            "/v1/auth/jwt/roles/{name}",
+            put(connectors::put_jwt_role)
+                .get(connectors::get_jwt_role)
+                .delete(connectors::delete_jwt_role),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()
@@ -124,6 +149,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/sys/seal-status", get(sys::seal_status))
         .route("/v1/sys/init", post(sys::init))
         .route("/v1/sys/unseal", post(sys::unseal))
+        .route("/v1/auth/jwt/login", post(login::jwt_login))
+        .route("/v1/auth/oidc/start", post(login::oidc_start))
+        .route("/v1/auth/oidc/callback", post(login::oidc_callback))
+        .route("/v1/auth/oidc/device", post(login::device_start))
+        .route("/v1/auth/oidc/device/poll", post(login::device_poll))
         .route("/v1/openapi.json", get(openapi));
 
     Router::new()

@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Identity connectors: `[auth.oidc.NAME]` and `[auth.jwt.NAME]`.
+    #[serde(default)]
+    pub auth: crate::identity::AuthConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -152,6 +155,19 @@ impl ServerConfig {
                 .map_err(|e| invalid(format!("`tokens.{name}`: {e}")))?;
         }
         config.audit.checkpoints().map_err(invalid)?;
+        let seconds = |text: &str| {
+            latchkey_core::duration::parse_duration(text)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
+        };
+        crate::identity::validate_config(
+            &config.auth,
+            crate::identity::TokenLimits {
+                default_ttl: seconds(&config.tokens.default_ttl),
+                max_ttl: seconds(&config.tokens.max_ttl),
+            },
+        )
+        .map_err(invalid)?;
         Ok(config)
     }
 }

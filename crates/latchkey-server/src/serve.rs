@@ -74,6 +74,7 @@ fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
         settings.max_token_ttl = parse(&config.tokens.max_ttl)?;
         settings.max_body_bytes = config.limits.max_body_bytes;
         settings.audit_checkpoints = config.audit.checkpoints().map_err(anyhow::Error::msg)?;
+        settings.auth = config.auth.clone();
     }
     Ok(settings)
 }
@@ -266,7 +267,11 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         let mut failing = false;
         loop {
             ticks.tick().await;
-            match watched.refresh_policies().await {
+            let refreshed = match watched.refresh_policies().await {
+                Ok(changed) => watched.refresh_connectors().await.map(|_| changed),
+                Err(error) => Err(error),
+            };
+            match refreshed {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("checking the stored policies works again");

@@ -12,7 +12,9 @@ use latchkey_store::Store;
 use crate::audit_log::{AuditLog, CheckpointSettings};
 use crate::auth::{Caller, TokenCache};
 use crate::error::{ApiError, ApiResult};
+use crate::identity::{AuthConfig, Identity, TokenLimits};
 use crate::keyring::Keyring;
+use crate::login::FailureLimiter;
 
 /// Server-wide settings that handlers read.
 #[derive(Clone, Debug)]
@@ -25,6 +27,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// When the audit writer signs a checkpoint (`[audit]` in the config file).
     pub audit_checkpoints: CheckpointSettings,
+    /// Identity connectors from the config file (`[auth]`).
+    pub auth: AuthConfig,
 }
 
 impl Default for Settings {
@@ -35,6 +39,7 @@ impl Default for Settings {
             max_token_ttl: 24 * 3600,
             max_body_bytes: 1024 * 1024,
             audit_checkpoints: CheckpointSettings::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -47,6 +52,8 @@ pub struct AppState {
     policy_fingerprint: std::sync::Mutex<[u8; 32]>,
     pub tokens: TokenCache,
     pub audit: AuditLog,
+    pub identity: Identity,
+    pub login_failures: FailureLimiter,
     pub settings: Settings,
 }
 
@@ -62,6 +69,14 @@ impl AppState {
         )
         .await?;
         let (engine, fingerprint) = load_policy_engine(store.as_ref()).await?;
+        let identity = Identity::new(
+            settings.auth.clone(),
+            TokenLimits {
+                default_ttl: settings.default_token_ttl,
+                max_ttl: settings.max_token_ttl,
+            },
+        )?;
+        identity.refresh(&store.list_connectors().await?);
         Ok(AppState {
             store,
             keyring,
@@ -69,6 +84,8 @@ impl AppState {
             policy_fingerprint: std::sync::Mutex::new(fingerprint),
             tokens: TokenCache::default(),
             audit,
+            identity,
+            login_failures: FailureLimiter::default(),
             settings,
         })
     }
@@ -119,6 +136,13 @@ impl AppState {
             "policies changed in the store; reloaded"
         );
         Ok(true)
+    }
+
+    /// Rebuilds the identity connectors when another server on the same database changed
+    /// them.
+    pub async fn refresh_connectors(&self) -> anyhow::Result<bool> {
+        let rows = self.store.list_connectors().await?;
+        Ok(self.identity.refresh(&rows))
     }
 
     /// Decides whether the caller may take `action` on `resource`, and fills the request's

@@ -123,6 +123,22 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a live token's expiry; returns false when it is unknown or revoked.
     async fn set_token_expiry(&self, accessor: &str, expires_at: i64) -> StoreResult<bool>;
 
+    /// Creates or replaces a connector, keeping its creation time; returns true when it was
+    /// created.
+    async fn put_connector(&self, connector: &ConnectorRow) -> StoreResult<bool>;
+    /// Lists connectors by kind, then name.
+    async fn list_connectors(&self) -> StoreResult<Vec<ConnectorRow>>;
+    /// Deletes a connector; returns false when it did not exist.
+    async fn delete_connector(&self, kind: &str, name: &str) -> StoreResult<bool>;
+
+    /// Stores a login in progress, and deletes the ones that expired before `now`.
+    async fn insert_login_attempt(&self, attempt: &LoginAttemptRow, now: i64) -> StoreResult<()>;
+    /// Returns a login in progress without ending it.
+    async fn login_attempt(&self, id_hash: &str) -> StoreResult<Option<LoginAttemptRow>>;
+    /// Deletes a login in progress and returns it. When two requests race, only one gets
+    /// it, so each login completes at most once.
+    async fn take_login_attempt(&self, id_hash: &str) -> StoreResult<Option<LoginAttemptRow>>;
+
     /// Returns the last audit event's sequence number and hash.
     async fn audit_head(&self) -> StoreResult<Option<(u64, String)>>;
     /// Appends events in one durable transaction; they must continue the stored chain.

@@ -77,3 +77,32 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
     pub created_by: Option<String>,
 }
+
+/// An identity connector: an OIDC provider people sign in with (`kind` `oidc`), or a JWT
+/// role workloads and agents log in with (`kind` `jwt`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectorRow {
+    pub kind: String,
+    pub name: String,
+    /// Settings as JSON, never a secret.
+    pub config: String,
+    /// An OIDC client secret, sealed by the server under the root key; opaque here.
+    pub sealed_secret: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A login between its start and its completion: an authorization-code login waiting for
+/// its callback, or a device login waiting for the user's approval.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginAttemptRow {
+    /// Hex SHA-256 of the value the client holds: the OAuth `state` or the device login id.
+    pub id_hash: String,
+    pub connector: String,
+    /// `code` or `device`.
+    pub flow: String,
+    /// What must stay private (PKCE verifier, nonce, device code), sealed by the server.
+    pub sealed: Vec<u8>,
+    pub redirect_uri: Option<String>,
+    pub expires_at: i64,
+}

@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{
-    AuditFilter, PolicyRow, PrincipalRow, SecretRow, SecretVersionMeta, SecretVersionRow, Store,
-    StoreError, StoreResult, TokenRow, VaultRow,
+    AuditFilter, ConnectorRow, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
+    SecretVersionMeta, SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -110,6 +110,28 @@ fn policy_from_row(row: &SqliteRow) -> StoreResult<PolicyRow> {
         text: row.try_get("text")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn connector_from_row(row: &SqliteRow) -> StoreResult<ConnectorRow> {
+    Ok(ConnectorRow {
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        config: row.try_get("config")?,
+        sealed_secret: row.try_get("sealed_secret")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn login_attempt_from_row(row: &SqliteRow) -> StoreResult<LoginAttemptRow> {
+    Ok(LoginAttemptRow {
+        id_hash: row.try_get("id_hash")?,
+        connector: row.try_get("connector")?,
+        flow: row.try_get("flow")?,
+        sealed: row.try_get("sealed")?,
+        redirect_uri: row.try_get("redirect_uri")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -596,6 +618,86 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn put_connector(&self, connector: &ConnectorRow) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM auth_connectors WHERE kind = ? AND name = ?")
+            .bind(&connector.kind)
+            .bind(&connector.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO auth_connectors (kind, name, config, sealed_secret, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET \
+             config = excluded.config, sealed_secret = excluded.sealed_secret, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&connector.kind)
+        .bind(&connector.name)
+        .bind(&connector.config)
+        .bind(connector.sealed_secret.as_deref())
+        .bind(connector.created_at)
+        .bind(connector.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    async fn list_connectors(&self) -> StoreResult<Vec<ConnectorRow>> {
+        let rows = sqlx::query("SELECT * FROM auth_connectors ORDER BY kind, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(connector_from_row).collect()
+    }
+
+    async fn delete_connector(&self, kind: &str, name: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM auth_connectors WHERE kind = ? AND name = ?")
+            .bind(kind)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn insert_login_attempt(&self, attempt: &LoginAttemptRow, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM login_attempts WHERE expires_at < ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO login_attempts (id_hash, connector, flow, sealed, redirect_uri, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&attempt.id_hash)
+        .bind(&attempt.connector)
+        .bind(&attempt.flow)
+        .bind(&attempt.sealed)
+        .bind(&attempt.redirect_uri)
+        .bind(attempt.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn login_attempt(&self, id_hash: &str) -> StoreResult<Option<LoginAttemptRow>> {
+        let row = sqlx::query("SELECT * FROM login_attempts WHERE id_hash = ?")
+            .bind(id_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(login_attempt_from_row).transpose()
+    }
+
+    async fn take_login_attempt(&self, id_hash: &str) -> StoreResult<Option<LoginAttemptRow>> {
+        let row = sqlx::query("DELETE FROM login_attempts WHERE id_hash = ? RETURNING *")
+            .bind(id_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(login_attempt_from_row).transpose()
     }
 
     async fn audit_head(&self) -> StoreResult<Option<(u64, String)>> {

@@ -15,8 +15,8 @@ use latchkey_core::audit::{
     seal_event,
 };
 use latchkey_store::{
-    AuditFilter, PrincipalRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError,
-    TokenRow, VaultRow,
+    AuditFilter, ConnectorRow, LoginAttemptRow, PrincipalRow, SecretRow, SecretVersionRow,
+    SqliteStore, Store, StoreError, TokenRow, VaultRow,
 };
 
 async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
@@ -449,6 +449,99 @@ async fn audit_search_filters_in_sql(store: &dyn Store) {
     assert_eq!(seqs(store.search_audit(&paged).await.unwrap()), [31, 33]);
 }
 
+async fn connectors_replace_by_kind_and_name(store: &dyn Store) {
+    let row = |kind: &str, name: &str, config: &str, at: i64| ConnectorRow {
+        kind: kind.into(),
+        name: name.into(),
+        config: config.into(),
+        sealed_secret: (kind == "oidc").then(|| vec![1, 2, 3]),
+        created_at: at,
+        updated_at: at,
+    };
+    assert!(
+        store
+            .put_connector(&row("oidc", "corp", "{}", 10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .put_connector(&row("jwt", "corp", "{}", 11))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_connector(&row("oidc", "corp", r#"{"a":1}"#, 20))
+            .await
+            .unwrap()
+    );
+    let listed = store.list_connectors().await.unwrap();
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|c| {
+            (
+                c.kind.as_str(),
+                c.name.as_str(),
+                c.config.as_str(),
+                c.created_at,
+                c.updated_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("jwt", "corp", "{}", 11, 11),
+            ("oidc", "corp", r#"{"a":1}"#, 10, 20)
+        ]
+    );
+    assert_eq!(listed[1].sealed_secret.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert!(store.delete_connector("oidc", "corp").await.unwrap());
+    assert!(!store.delete_connector("oidc", "corp").await.unwrap());
+    assert_eq!(store.list_connectors().await.unwrap().len(), 1);
+}
+
+async fn login_attempts_complete_once_and_expire(store: &dyn Store) {
+    let attempt = |id: &str, expires_at: i64| LoginAttemptRow {
+        id_hash: id.into(),
+        connector: "corp".into(),
+        flow: "code".into(),
+        sealed: vec![9; 40],
+        redirect_uri: Some("http://127.0.0.1:8250/callback".into()),
+        expires_at,
+    };
+    store
+        .insert_login_attempt(&attempt("old", 100), 50)
+        .await
+        .unwrap();
+    store
+        .insert_login_attempt(&attempt("new", 900), 50)
+        .await
+        .unwrap();
+    assert!(store.login_attempt("new").await.unwrap().is_some());
+    // Inserting at a later time sweeps the attempts that expired by then.
+    store
+        .insert_login_attempt(&attempt("later", 990), 500)
+        .await
+        .unwrap();
+    assert!(store.login_attempt("old").await.unwrap().is_none());
+    let taken = store.take_login_attempt("new").await.unwrap().unwrap();
+    assert_eq!(
+        taken.redirect_uri.as_deref(),
+        Some("http://127.0.0.1:8250/callback")
+    );
+    assert_eq!(taken.sealed, vec![9; 40]);
+    assert!(store.take_login_attempt("new").await.unwrap().is_none());
+    assert!(store.login_attempt("new").await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .insert_login_attempt(&attempt("later", 990), 500)
+            .await,
+        Err(StoreError::Database(_))
+    ));
+}
+
 fn assert_head_moved(result: Result<(), StoreError>, why: &str) {
     match result {
         Err(StoreError::Concurrent(what)) => assert_eq!(what, "audit chain head", "{why}"),
@@ -674,6 +767,8 @@ mod sqlite_backend {
     sqlite_case!(checkpoints_are_stored_in_order_once);
     sqlite_case!(audit_signing_key_is_created_once);
     sqlite_case!(audit_search_filters_in_sql);
+    sqlite_case!(connectors_replace_by_kind_and_name);
+    sqlite_case!(login_attempts_complete_once_and_expire);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -841,6 +936,8 @@ mod postgres_backend {
     postgres_case!(checkpoints_are_stored_in_order_once);
     postgres_case!(audit_signing_key_is_created_once);
     postgres_case!(audit_search_filters_in_sql);
+    postgres_case!(connectors_replace_by_kind_and_name);
+    postgres_case!(login_attempts_complete_once_and_expire);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {

@@ -1,6 +1,7 @@
 //! One module per `lk` command.
 
 pub mod audit;
+pub mod auth;
 pub mod inject;
 pub mod login;
 pub mod operator;

@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 use clap::Args;
 use latchkey_core::reference::SecretRef;
 
-use crate::client::Client;
 use crate::commands::resolve::read_field;
 use crate::error::{CliError, CliResult};
 
@@ -16,6 +15,8 @@ pub struct ReadArgs {
     /// Do not add a newline after the value on a terminal.
     #[arg(short = 'n', long)]
     no_newline: bool,
+    #[command(flatten)]
+    workload: crate::commands::login::WorkloadLogin,
 }
 
 pub async fn run(args: ReadArgs) -> CliResult<()> {
@@ -24,8 +25,10 @@ pub async fn run(args: ReadArgs) -> CliResult<()> {
     reference
         .require_field()
         .map_err(|e| CliError::usage(e.to_string()))?;
-    let client = Client::from_env()?;
-    let value = read_field(&client, &reference).await?;
+    let (client, session) = args.workload.client().await?;
+    let value = read_field(&client, &reference).await;
+    crate::commands::login::end_session(&client, session).await;
+    let value = value?;
     // The bytes go out unchanged so binary values survive a pipe; a terminal gets a newline.
     let mut out = std::io::stdout().lock();
     out.write_all(&value)?;

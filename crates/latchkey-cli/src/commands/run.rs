@@ -9,7 +9,6 @@ use latchkey_core::reference::SecretRef;
 use zeroize::Zeroizing;
 
 use crate::child::{ChildError, ChildSpec, run_child};
-use crate::client::Client;
 use crate::commands::resolve::read_all;
 use crate::error::{CliError, CliResult};
 
@@ -22,6 +21,8 @@ pub struct RunArgs {
     /// Show secret values in the command's output instead of `***`.
     #[arg(long)]
     no_masking: bool,
+    #[command(flatten)]
+    workload: crate::commands::login::WorkloadLogin,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -57,8 +58,11 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
 
     let mut masks = Vec::new();
     if !wanted.is_empty() {
-        let client = Client::from_env()?;
-        let values = read_all(&client, wanted.iter().map(|(_, r)| r.clone()).collect()).await?;
+        let (client, session) = args.workload.client().await?;
+        let values = read_all(&client, wanted.iter().map(|(_, r)| r.clone()).collect()).await;
+        // The child never sees the token, so it ends as soon as the values are in hand.
+        crate::commands::login::end_session(&client, session).await;
+        let values = values?;
         for (key, reference) in &wanted {
             let Some(value) = values.get(reference) else {
                 continue;
