@@ -77,3 +77,16 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
     pub created_by: Option<String>,
 }
+
+/// A token whose expiry a job claimed to record, from [`Store::claim_expired_tokens`].
+///
+/// [`Store::claim_expired_tokens`]: crate::Store::claim_expired_tokens
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiryClaim {
+    pub accessor: String,
+    pub principal_id: String,
+    pub expires_at: i64,
+    /// True when an earlier claim was abandoned (its holder stopped before marking the
+    /// expiry recorded), so its audit event may already be stored.
+    pub reclaimed: bool,
+}

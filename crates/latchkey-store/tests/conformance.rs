@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use latchkey_core::audit::{
     AuditEvent, AuditRecord, AuditSigner, AuditVerifier, ChainVerifier, GENESIS_HASH, Outcome,
@@ -613,6 +614,165 @@ async fn concurrent_writers_never_fork_the_chain(a: &dyn Store, b: &dyn Store) {
     );
 }
 
+async fn leases_have_one_holder(store: &dyn Store) {
+    let minute = Duration::from_secs(60);
+    assert!(store.take_lease("expiry", "node-a", minute).await.unwrap());
+    assert!(
+        !store.take_lease("expiry", "node-b", minute).await.unwrap(),
+        "a running lease is not taken"
+    );
+    assert!(!store.renew_lease("expiry", "node-b", minute).await.unwrap());
+    assert!(!store.release_lease("expiry", "node-b").await.unwrap());
+    assert!(
+        store.take_lease("expiry", "node-a", minute).await.unwrap(),
+        "the holder may take its own lease again"
+    );
+    assert!(store.renew_lease("expiry", "node-a", minute).await.unwrap());
+    assert!(
+        store
+            .take_lease("other-job", "node-b", minute)
+            .await
+            .unwrap(),
+        "leases of other jobs are independent"
+    );
+
+    assert!(store.release_lease("expiry", "node-a").await.unwrap());
+    assert!(!store.release_lease("expiry", "node-a").await.unwrap());
+    assert!(
+        store.take_lease("expiry", "node-b", minute).await.unwrap(),
+        "a released lease is free at once"
+    );
+    assert!(!store.renew_lease("expiry", "node-a", minute).await.unwrap());
+
+    // A lease of zero length has expired when it is written, as a killed holder's lease
+    // has once its time is up.
+    assert!(
+        store
+            .take_lease("killed", "node-a", Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.take_lease("killed", "node-b", minute).await.unwrap(),
+        "an expired lease is taken over"
+    );
+    assert!(
+        !store.renew_lease("killed", "node-a", minute).await.unwrap(),
+        "the old holder cannot renew a lease taken over"
+    );
+    assert!(!store.take_lease("killed", "node-a", minute).await.unwrap());
+}
+
+async fn expired_tokens_are_claimed_once(store: &dyn Store) {
+    store
+        .create_principal(&principal("p1", "alice", &[]))
+        .await
+        .unwrap();
+    for (accessor, hash, expires_at) in [
+        ("tok_b", 2, 80),
+        ("tok_a", 1, 70),
+        ("tok_later", 3, 200),
+        ("tok_revoked", 4, 60),
+    ] {
+        let mut row = token(accessor, "p1", hash);
+        row.expires_at = expires_at;
+        store.insert_token(&row).await.unwrap();
+    }
+    store.revoke_token("tok_revoked", 50).await.unwrap();
+
+    let claims = store.claim_expired_tokens(100, 40, 10).await.unwrap();
+    let claimed: Vec<_> = claims
+        .iter()
+        .map(|c| (c.accessor.as_str(), c.expires_at, c.reclaimed))
+        .collect();
+    assert_eq!(
+        claimed,
+        [("tok_a", 70, false), ("tok_b", 80, false)],
+        "expired, unrevoked tokens, oldest expiry first"
+    );
+    assert_eq!(claims[0].principal_id, "p1");
+    assert!(
+        store
+            .claim_expired_tokens(101, 41, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fresh claim is not handed out twice"
+    );
+
+    assert!(store.mark_expiry_recorded("tok_a", 102).await.unwrap());
+    assert!(!store.mark_expiry_recorded("tok_a", 103).await.unwrap());
+
+    // tok_b's claim from 100 is stale by 150 and was never marked, so it comes back.
+    let claims = store.claim_expired_tokens(200, 150, 1).await.unwrap();
+    assert_eq!(claims.len(), 1, "the limit holds");
+    assert_eq!(claims[0].accessor, "tok_b");
+    assert!(claims[0].reclaimed);
+    let claims = store.claim_expired_tokens(200, 150, 10).await.unwrap();
+    let claimed: Vec<_> = claims
+        .iter()
+        .map(|c| (c.accessor.as_str(), c.reclaimed))
+        .collect();
+    assert_eq!(claimed, [("tok_later", false)]);
+}
+
+/// Holders on two stores over one database race for leases and token claims. Exactly one
+/// holder wins each lease, and every expired token is claimed by exactly one caller.
+async fn concurrent_holders_never_share_work(a: &dyn Store, b: &dyn Store) {
+    const ROUNDS: usize = 10;
+    const HOLDERS_PER_STORE: usize = 4;
+    const TOKENS: usize = 40;
+
+    for round in 0..ROUNDS {
+        let job = format!("job-{round}");
+        let mut takers = Vec::new();
+        for i in 0..HOLDERS_PER_STORE {
+            for (store, side) in [(a, "a"), (b, "b")] {
+                let job = job.clone();
+                takers.push(async move {
+                    store
+                        .take_lease(&job, &format!("{side}{i}"), Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                });
+            }
+        }
+        let winners = futures_join_all(takers)
+            .await
+            .into_iter()
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1, "round {round}: one holder took the lease");
+    }
+
+    a.create_principal(&principal("p1", "alice", &[]))
+        .await
+        .unwrap();
+    for n in 0..TOKENS {
+        let mut row = token(&format!("tok_{n:02}"), "p1", n as u8);
+        row.expires_at = 10;
+        a.insert_token(&row).await.unwrap();
+    }
+    async fn claimer(store: &dyn Store) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let claims = store.claim_expired_tokens(100, 0, 3).await.unwrap();
+            if claims.is_empty() {
+                return mine;
+            }
+            mine.extend(claims.into_iter().map(|c| c.accessor));
+        }
+    }
+    let mut claimed: Vec<String> = futures_join_all(vec![claimer(a), claimer(b), claimer(a)])
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    claimed.sort();
+    let expected: Vec<String> = (0..TOKENS).map(|n| format!("tok_{n:02}")).collect();
+    assert_eq!(claimed, expected, "every token was claimed once");
+}
+
 /// Polls all futures on the current task until every one is done, returning their outputs
 /// in order. Enough for the contention above: the waiting happens in the database.
 async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
@@ -674,6 +834,17 @@ mod sqlite_backend {
     sqlite_case!(checkpoints_are_stored_in_order_once);
     sqlite_case!(audit_signing_key_is_created_once);
     sqlite_case!(audit_search_filters_in_sql);
+    sqlite_case!(leases_have_one_holder);
+    sqlite_case!(expired_tokens_are_claimed_once);
+
+    #[tokio::test]
+    async fn concurrent_holders_never_share_work() {
+        let (dir, a) = sqlite().await;
+        let b = SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
+        super::concurrent_holders_never_share_work(&a, &b).await;
+    }
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -841,6 +1012,20 @@ mod postgres_backend {
     postgres_case!(checkpoints_are_stored_in_order_once);
     postgres_case!(audit_signing_key_is_created_once);
     postgres_case!(audit_search_filters_in_sql);
+    postgres_case!(leases_have_one_holder);
+    postgres_case!(expired_tokens_are_claimed_once);
+
+    #[tokio::test]
+    async fn concurrent_holders_never_share_work() {
+        with_postgres(|url| async move {
+            let a = open_postgres(&url).await;
+            let b = open_postgres(&url).await;
+            super::concurrent_holders_never_share_work(&a, &b).await;
+            a.pool().close().await;
+            b.pool().close().await;
+        })
+        .await;
+    }
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
