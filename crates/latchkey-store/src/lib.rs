@@ -7,6 +7,7 @@
 mod model;
 mod postgres;
 mod sqlite;
+pub mod transfer;
 
 pub use model::*;
 pub use postgres::{PostgresStore, redact_url};

@@ -231,7 +231,7 @@ fn token_from_row(row: &PgRow) -> StoreResult<TokenRow> {
     })
 }
 
-fn audit_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
+pub(crate) fn audit_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
     let seq: i64 = row.try_get("seq")?;
     Ok(AuditEvent {
         seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?,
@@ -952,7 +952,7 @@ impl Store for PostgresStore {
     }
 }
 
-fn checkpoint_from_row(row: &PgRow) -> StoreResult<Checkpoint> {
+pub(crate) fn checkpoint_from_row(row: &PgRow) -> StoreResult<Checkpoint> {
     let seq: i64 = row.try_get("seq")?;
     Ok(Checkpoint {
         seq: u64::try_from(seq)
