@@ -189,6 +189,8 @@ const VERIFY_BATCH: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    #[error("invalid PostgreSQL URL: {0}")]
+    InvalidUrl(String),
     #[error(
         "the {side} database has a table `{table}` that this `lk` cannot copy; use the `lk` release that created the database"
     )]
@@ -352,6 +354,19 @@ pub fn check_schema(schema: &Schema, side: Side) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// Parses a `postgres://` or `postgresql://` URL without connecting.
+///
+/// # Errors
+/// [`TransferError::InvalidUrl`] with a reason that does not contain the URL.
+pub fn parse_destination_url(url: &str) -> Result<PgConnectOptions, TransferError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(TransferError::InvalidUrl(
+            "it must start with postgres:// or postgresql://".into(),
+        ));
+    }
+    PgConnectOptions::from_str(url).map_err(|e| TransferError::InvalidUrl(e.to_string()))
+}
+
 /// Opens the destination store at `url`, first checking, before the migrations create
 /// anything, that the database contains no tables other than Latchkey's own.
 ///
@@ -359,7 +374,7 @@ pub fn check_schema(schema: &Schema, side: Side) -> Result<(), TransferError> {
 /// [`TransferError::ForeignTable`] naming such a table; [`TransferError::Store`] when the
 /// database cannot be reached or migrated.
 pub async fn open_destination(url: &str) -> Result<PostgresStore, TransferError> {
-    let options = PgConnectOptions::from_str(url).map_err(StoreError::from)?;
+    let options = parse_destination_url(url)?;
     let probe = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))

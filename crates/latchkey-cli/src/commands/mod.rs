@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod inject;
 pub mod login;
+pub mod migrate;
 pub mod operator;
 pub mod policy;
 pub mod read;
