@@ -295,6 +295,8 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         }
     });
 
+    crate::jobs::spawn(Arc::clone(&state));
+
     let app =
         crate::app::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     match tls {
