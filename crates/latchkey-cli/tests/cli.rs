@@ -1635,7 +1635,7 @@ async fn operator_migrate_moves_sqlite_to_postgres() {
     server.root(&["audit", "key", "-o", key.to_str().unwrap()]);
     let from = format!("sqlite:{}", data.join("latchkey.db").display());
 
-    // The server holds its data directory; the copy waits until it is stopped.
+    // The running server has the data directory locked, so the copy must wait until it stops.
     let output = migrate(&["--from", &from, "--to", &url]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
@@ -1743,7 +1743,7 @@ async fn operator_migrate_moves_sqlite_to_postgres() {
         stderr(&output)
     );
 
-    // A server on the copy knows the old tokens, opens the old secrets and keeps the chain.
+    // A server on the copy accepts the old tokens, opens the old secrets and keeps the chain.
     let mut moved = Server::start_dev_with(&data, false, &["--storage-url", &url]);
     moved.root = root;
     let output = moved.lk(Some(&alice), &["read", "lk://staging/db/password"], None);

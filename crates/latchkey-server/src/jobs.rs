@@ -169,7 +169,7 @@ fn token_resource(accessor: &str) -> String {
     format!("Token::\"{accessor}\"")
 }
 
-/// True when the audit log already holds the `token.expire` event of `accessor`.
+/// Returns true when the audit log already contains the `token.expire` event of `accessor`.
 ///
 /// NOTE: this scans the system principal's events, which is fine for the rare stale
 /// claim it serves, but would be slow if stale claims became common.

@@ -98,8 +98,8 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Takes the lock `lk server` holds on its data directory while it runs, creating the lock
-/// file when needed. Returns None when another process holds it. The lock lasts until the
+/// Takes the lock that `lk server` keeps on its data directory while it runs, creating the
+/// lock file when needed. Returns None when another process has it. The lock lasts until the
 /// returned file is dropped.
 ///
 /// # Errors

@@ -158,8 +158,8 @@ pub trait Store: Send + Sync + 'static {
     async fn last_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
 
     /// Takes the lease on background job `job` for `holder` until `ttl` from now, by the
-    /// database clock. Returns true when `holder` holds it afterwards: it was free, had
-    /// expired, or was `holder`'s already (then it is extended). Returns false while
+    /// database clock. Returns true when the lease is `holder`'s afterwards, because it was
+    /// free, had expired, or was `holder`'s already (then it is extended). Returns false while
     /// another holder's lease runs. The check and the write are one statement, so two
     /// holders never both get a lease.
     async fn take_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool>;

@@ -811,6 +811,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
+
         let mut claims = Vec::with_capacity(rows.len());
         for row in &rows {
             let claim = ExpiryClaim {
@@ -828,6 +829,7 @@ impl Store for SqliteStore {
                 .await?;
             claims.push(claim);
         }
+
         tx.commit().await?;
         Ok(claims)
     }

@@ -234,7 +234,7 @@ impl From<sqlx::Error> for TransferError {
     }
 }
 
-/// Which end of the copy a schema error is about.
+/// The end of the copy that a schema error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Source,
@@ -250,7 +250,7 @@ impl std::fmt::Display for Side {
     }
 }
 
-/// Where the copy is, for a progress display.
+/// A step of the copy, for a progress display.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress<'a> {
     /// `done` of `total` rows of `table` copied.
@@ -263,7 +263,7 @@ pub enum Progress<'a> {
     Verifying { done: u64, total: u64 },
 }
 
-/// What [`copy_to_postgres`] copied and verified.
+/// Summary of the rows that [`copy_to_postgres`] copied and of the chain it verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyReport {
     /// Rows per table, in copy order, equal at both ends.
@@ -312,7 +312,7 @@ pub async fn postgres_schema(pool: &PgPool) -> Result<Schema, StoreError> {
     for row in rows {
         schema
             .entry(row.try_get("table_name")?)
-            .or_insert_with(Vec::new)
+            .or_default()
             .push(row.try_get("column_name")?);
     }
     Ok(schema)

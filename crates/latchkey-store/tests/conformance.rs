@@ -774,8 +774,8 @@ async fn concurrent_holders_never_share_work(a: &dyn Store, b: &dyn Store) {
 }
 
 /// Fills a store as a deployment would: seal, principals and groups, a vault with a
-/// secret of two versions, a policy, tokens, a lease, and 1,200 audit events (more than
-/// one read batch of the copy) with signed checkpoints at 500 and 1,000.
+/// secret of two versions, a policy, tokens and a lease. It adds 1,200 audit events, more
+/// than one read batch of the copy, with signed checkpoints at 500 and 1,000.
 async fn fill_deployment(store: &dyn Store) -> AuditSigner {
     let root = principal("prn_root", "root", &["admins"]);
     let mut root_token = token("tok_root", "prn_root", 9);

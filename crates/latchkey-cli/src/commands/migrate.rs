@@ -46,7 +46,7 @@ fn source_path(from: &str) -> CliResult<PathBuf> {
     Ok(path)
 }
 
-/// The data directory whose lock `lk server` holds: the one containing the database file.
+/// Returns the data directory that `lk server` locks: the one containing the database file.
 fn data_dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
