@@ -1594,3 +1594,260 @@ async fn database_outage_fails_closed_and_recovers() {
     server.stop();
     drop_database(&admin, &database).await;
 }
+
+/// Runs `lk operator migrate` with `args`, with no server address needed.
+fn migrate(args: &[&str]) -> Output {
+    let mut command = Command::new(LK);
+    command
+        .args(["operator", "migrate"])
+        .args(args)
+        .env_remove("LATCHKEY_TOKEN")
+        .env_remove("LATCHKEY_ADDR");
+    command.output().unwrap()
+}
+
+/// Copies a stopped server's SQLite files into `to`, so the copy can be changed apart.
+fn copy_sqlite_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let name = format!("latchkey.db{suffix}");
+        if from.join(&name).exists() {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn operator_migrate_moves_sqlite_to_postgres() {
+    let database = format!("latchkey_migrate_{}", std::process::id());
+    let tampered_database = format!("{database}_tampered");
+    let (admin, url) = fresh_database(&database).await;
+    let (_, tampered_url) = fresh_database(&tampered_database).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let server = Server::start_dev(&data, true);
+    let alice = quickstart(&server, work.path());
+    server.root(&["secret", "put", "lk://prod/db", "password=prod-Secret-0452"]);
+    let short = stdout(&server.root(&["token", "create", "--user", "alice", "--ttl", "1s"]));
+    assert!(short.starts_with("lkt_"));
+    let key = work.path().join("audit-key.json");
+    server.root(&["audit", "key", "-o", key.to_str().unwrap()]);
+    let from = format!("sqlite:{}", data.join("latchkey.db").display());
+
+    // The running server has the data directory locked, so the copy must wait until it stops.
+    let output = migrate(&["--from", &from, "--to", &url]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("is in use by a running `lk server`; stop it"),
+        "{}",
+        stderr(&output)
+    );
+    let root = server.root.clone();
+    server.stop();
+
+    // Bad input is a usage error that names the value.
+    for (args, needle) in [
+        (
+            vec!["--from", "/var/lib/latchkey/latchkey.db", "--to", &url],
+            "invalid `--from` `/var/lib/latchkey/latchkey.db`: give the SQLite database as sqlite:PATH",
+        ),
+        (
+            vec!["--from", "sqlite:/nonexistent/latchkey.db", "--to", &url],
+            "the source database `/nonexistent/latchkey.db` does not exist",
+        ),
+        (
+            vec!["--from", &from, "--to", "mysql://root:hunter2@127.0.0.1/db"],
+            "invalid `--to` `mysql://root:***@127.0.0.1/db`: invalid PostgreSQL URL: it must start with postgres://",
+        ),
+        (
+            vec![
+                "--from",
+                &from,
+                "--to",
+                "postgres://u:hunter2@127.0.0.1:notaport/db",
+            ],
+            "invalid `--to` `postgres://u:***@127.0.0.1:notaport/db`: invalid PostgreSQL URL",
+        ),
+    ] {
+        let output = migrate(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(needle),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(!stderr(&output).contains("hunter2"), "{}", stderr(&output));
+    }
+
+    // An edited audit event stops the copy, names its sequence number and writes nothing.
+    let tampered = work.path().join("tampered");
+    copy_sqlite_files(&data, &tampered);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}",
+        tampered.join("latchkey.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE audit_events SET outcome = 'denied' WHERE seq = 4")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let tampered_from = format!("sqlite:{}", tampered.join("latchkey.db").display());
+    let output = migrate(&["--from", &tampered_from, "--to", &tampered_url]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("audit chain broken at sequence 4:"),
+        "{}",
+        stderr(&output)
+    );
+    let vaults: i64 = sqlx::query_scalar("SELECT count(*) FROM vaults")
+        .fetch_one(&sqlx::PgPool::connect(&tampered_url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(vaults, 0, "nothing was written");
+
+    let output = migrate(&[
+        "--from",
+        &from,
+        "--to",
+        &url,
+        "--public-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    eprintln!("{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("audit chain verified at the destination"),
+        "{}",
+        stdout(&output)
+    );
+    for row in ["secret_versions    3\n", "tokens             3\n"] {
+        assert!(stdout(&output).contains(row), "{}", stdout(&output));
+    }
+
+    // A second copy into the same database is refused, naming it.
+    let output = migrate(&["--from", &from, "--to", &url]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!(
+            "refusing to copy into `{url}`: the destination database is not empty: table `meta` has rows"
+        )),
+        "{}",
+        stderr(&output)
+    );
+
+    // A server on the copy accepts the old tokens, opens the old secrets and keeps the chain.
+    let mut moved = Server::start_dev_with(&data, false, &["--storage-url", &url]);
+    moved.root = root;
+    let output = moved.lk(Some(&alice), &["read", "lk://staging/db/password"], None);
+    assert_eq!(
+        stdout(&output),
+        "staging-Secret-7781",
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        stdout(&moved.root(&["read", "lk://prod/db/password"])),
+        "prod-Secret-0452"
+    );
+    assert_eq!(
+        stdout(&moved.root(&["read", "lk://prod/db/password?version=1"])),
+        "prod-Secret-0451"
+    );
+    let output = moved.lk(Some(&alice), &["read", "lk://prod/db/password"], None);
+    assert_eq!(output.status.code(), Some(4), "the policy came along");
+    let output = moved.root(&["audit", "verify"]);
+    assert!(
+        stdout(&output).contains("audit chain intact"),
+        "{}",
+        stdout(&output)
+    );
+    moved.stop();
+    let log = std::fs::read_to_string(work.path().join("data.log")).unwrap();
+    assert!(log.contains("storage: PostgreSQL"), "{log}");
+    drop_database(&admin, &database).await;
+    drop_database(&admin, &tampered_database).await;
+}
+
+/// Returns the `token.expire` events that `lk audit search` lists, one line each.
+fn expiry_events(node: &Server) -> Vec<String> {
+    let output = node.root(&[
+        "audit",
+        "search",
+        "--action",
+        "token.expire",
+        "--limit",
+        "1000",
+    ]);
+    stdout(&output)
+        .lines()
+        .filter(|line| line.contains("token.expire"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn two_servers_record_each_token_expiry_once() {
+    const TOKENS: usize = 8;
+    let database = format!("latchkey_expiry_{}", std::process::id());
+    let (admin, url) = fresh_database(&database).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let node_a = Server::start_dev_with(&work.path().join("a"), true, &["--storage-url", &url]);
+    std::fs::create_dir_all(work.path().join("b")).unwrap();
+    std::fs::copy(
+        work.path().join("a/unseal.key"),
+        work.path().join("b/unseal.key"),
+    )
+    .unwrap();
+    let mut node_b =
+        Server::start_dev_with(&work.path().join("b"), false, &["--storage-url", &url]);
+    node_b.root = node_a.root.clone();
+
+    node_a.root(&["user", "create", "alice"]);
+    for i in 0..TOKENS {
+        let node = if i % 2 == 0 { &node_a } else { &node_b };
+        node.root(&["token", "create", "--user", "alice", "--ttl", "1s"]);
+    }
+    let delay = time_until(Duration::from_secs(15), || {
+        expiry_events(&node_a).len() >= TOKENS
+    });
+    eprintln!("{TOKENS} token expiries recorded after {delay:?}");
+
+    // Several more ticks of both servers add nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = expiry_events(&node_b);
+    assert_eq!(events.len(), TOKENS, "{events:#?}");
+    let mut resources: Vec<&str> = events
+        .iter()
+        .filter_map(|line| line.split_whitespace().find(|w| w.starts_with("Token::")))
+        .collect();
+    resources.sort_unstable();
+    resources.dedup();
+    assert_eq!(resources.len(), TOKENS, "one event per token: {events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|line| line.contains("system  token.expire")
+                && line.contains("principal=User::\"alice\"")),
+        "{events:#?}"
+    );
+    for node in [&node_a, &node_b] {
+        let output = node.root(&["audit", "verify"]);
+        assert!(
+            stdout(&output).contains("audit chain intact"),
+            "{}",
+            stdout(&output)
+        );
+    }
+    node_a.stop();
+    node_b.stop();
+    drop_database(&admin, &database).await;
+}

@@ -9,6 +9,7 @@ pub mod connectors;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod jobs;
 pub mod keyring;
 pub mod login;
 pub mod policies;

@@ -90,6 +90,22 @@ fn create_data_dir(path: &Path) -> anyhow::Result<()> {
 /// Takes an exclusive lock on the data directory for the life of the process, so a second
 /// server on the same directory fails at start instead of forking the audit chain.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    match try_lock_data_dir(data_dir)? {
+        Some(file) => Ok(file),
+        None => bail!(
+            "the data directory `{}` is in use by another `lk server`; stop it or give another `--data-dir`",
+            data_dir.display()
+        ),
+    }
+}
+
+/// Takes the lock that `lk server` keeps on its data directory while it runs, creating the
+/// lock file when needed. Returns None when another process has it. The lock lasts until the
+/// returned file is dropped.
+///
+/// # Errors
+/// When the lock file cannot be created or locked.
+pub fn try_lock_data_dir(data_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
     let path = data_dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -98,11 +114,8 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         .open(&path)
         .with_context(|| format!("cannot open `{}`", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "the data directory `{}` is in use by another `lk server`; stop it or give another `--data-dir`",
-            data_dir.display()
-        ),
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(error)) => {
             Err(error).with_context(|| format!("cannot lock `{}`", path.display()))
         }
@@ -286,6 +299,8 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
             }
         }
     });
+
+    crate::jobs::spawn(Arc::clone(&state));
 
     let app =
         crate::app::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();

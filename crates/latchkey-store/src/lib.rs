@@ -7,10 +7,13 @@
 mod model;
 mod postgres;
 mod sqlite;
+pub mod transfer;
 
 pub use model::*;
 pub use postgres::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use latchkey_core::audit::{AuditEvent, Checkpoint, Outcome};
@@ -169,6 +172,36 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoints(&self, after_seq: u64, limit: u32) -> StoreResult<Vec<Checkpoint>>;
     /// Returns the checkpoint with the highest `seq`.
     async fn last_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
+
+    /// Takes the lease on background job `job` for `holder` until `ttl` from now, by the
+    /// database clock. Returns true when the lease is `holder`'s afterwards, because it was
+    /// free, had expired, or was `holder`'s already (then it is extended). Returns false while
+    /// another holder's lease runs. The check and the write are one statement, so two
+    /// holders never both get a lease.
+    async fn take_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Extends `holder`'s lease on `job` to `ttl` from now. Returns false when the lease
+    /// expired or belongs to another holder, and the caller should stop the job.
+    async fn renew_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Ends `holder`'s lease on `job`, so that any holder may take it at once. Returns false
+    /// when `holder` did not hold it.
+    async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<bool>;
+    /// Claims up to `limit` unrevoked tokens whose expiry passed at `now` and was not yet
+    /// recorded, oldest expiry first, by setting their claim time to `now`. A token claimed
+    /// before `stale_before` whose expiry is still not recorded is claimed again, with
+    /// [`ExpiryClaim::reclaimed`] set. Concurrent callers get disjoint sets.
+    async fn claim_expired_tokens(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ExpiryClaim>>;
+    /// Marks a token's expiry recorded; returns false when it already was.
+    async fn mark_expiry_recorded(&self, accessor: &str, now: i64) -> StoreResult<bool>;
+}
+
+/// Converts a lease lifetime to whole milliseconds, capped at about 292 million years.
+fn lease_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Filters of [`Store::search_audit`]. A `None` filter matches every event.

@@ -106,3 +106,16 @@ pub struct LoginAttemptRow {
     pub redirect_uri: Option<String>,
     pub expires_at: i64,
 }
+
+/// A token whose expiry a job claimed to record, from [`Store::claim_expired_tokens`].
+///
+/// [`Store::claim_expired_tokens`]: crate::Store::claim_expired_tokens
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiryClaim {
+    pub accessor: String,
+    pub principal_id: String,
+    pub expires_at: i64,
+    /// True when an earlier claim was abandoned (its holder stopped before marking the
+    /// expiry recorded), so its audit event may already be stored.
+    pub reclaimed: bool,
+}

@@ -17,7 +17,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::sqlite::{json_tags, outcome_from_str, outcome_str, parse_json, version_u32};
 use crate::{
-    AuditFilter, ConnectorRow, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
+    AuditFilter, ConnectorRow, ExpiryClaim, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
     SecretVersionMeta, SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
@@ -28,6 +28,10 @@ const AUDIT_COLUMNS: usize = 14;
 /// Rows per INSERT statement; PostgreSQL accepts at most 65,535 bound parameters.
 const AUDIT_ROWS_PER_INSERT: usize = 500;
 const _: () = assert!(AUDIT_ROWS_PER_INSERT * AUDIT_COLUMNS <= 65_535);
+
+/// The database clock in unix milliseconds, as SQL. `clock_timestamp()` is read when the
+/// statement runs, unlike `now()`, which stays at the start of the transaction.
+const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// Key of the advisory lock that serializes audit appends. Advisory locks belong to one
 /// database, so deployments in different databases never wait for each other.
@@ -249,7 +253,7 @@ fn token_from_row(row: &PgRow) -> StoreResult<TokenRow> {
     })
 }
 
-fn audit_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
+pub(crate) fn audit_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
     let seq: i64 = row.try_get("seq")?;
     Ok(AuditEvent {
         seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?,
@@ -960,9 +964,98 @@ impl Store for PostgresStore {
             .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
     }
+
+    async fn take_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        // On a conflict PostgreSQL locks the existing row and evaluates the WHERE clause on
+        // its latest committed version, so two nodes racing for one lease cannot both win.
+        let result = sqlx::query(&format!(
+            "INSERT INTO job_leases (job, holder, expires_at) VALUES ($1, $2, {NOW_MS} + $3) \
+             ON CONFLICT (job) DO UPDATE SET holder = EXCLUDED.holder, \
+             expires_at = EXCLUDED.expires_at \
+             WHERE job_leases.expires_at <= {NOW_MS} OR job_leases.holder = EXCLUDED.holder"
+        ))
+        .bind(job)
+        .bind(holder)
+        .bind(crate::lease_millis(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn renew_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let result = sqlx::query(&format!(
+            "UPDATE job_leases SET expires_at = {NOW_MS} + $3 \
+             WHERE job = $1 AND holder = $2 AND expires_at > {NOW_MS}"
+        ))
+        .bind(job)
+        .bind(holder)
+        .bind(crate::lease_millis(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM job_leases WHERE job = $1 AND holder = $2")
+            .bind(job)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn claim_expired_tokens(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ExpiryClaim>> {
+        // SKIP LOCKED leaves rows another node is claiming to that node instead of waiting
+        // for it, and the outer UPDATE returns each row's claim time from before this call.
+        let rows = sqlx::query(
+            "WITH picked AS ( \
+                 SELECT accessor, expiry_claimed_at AS previous FROM tokens \
+                 WHERE expires_at <= $1 AND revoked_at IS NULL AND expiry_recorded_at IS NULL \
+                 AND (expiry_claimed_at IS NULL OR expiry_claimed_at < $2) \
+                 ORDER BY expires_at, accessor LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE tokens t SET expiry_claimed_at = $1 FROM picked \
+             WHERE t.accessor = picked.accessor \
+             RETURNING t.accessor, t.principal_id, t.expires_at, picked.previous",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claims = rows
+            .iter()
+            .map(|row| {
+                Ok(ExpiryClaim {
+                    accessor: row.try_get("accessor")?,
+                    principal_id: row.try_get("principal_id")?,
+                    expires_at: row.try_get("expires_at")?,
+                    reclaimed: row.try_get::<Option<i64>, _>("previous")?.is_some(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        claims.sort_by(|a, b| (a.expires_at, &a.accessor).cmp(&(b.expires_at, &b.accessor)));
+        Ok(claims)
+    }
+
+    async fn mark_expiry_recorded(&self, accessor: &str, now: i64) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE tokens SET expiry_recorded_at = $1 \
+             WHERE accessor = $2 AND expiry_recorded_at IS NULL",
+        )
+        .bind(now)
+        .bind(accessor)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
 }
 
-fn checkpoint_from_row(row: &PgRow) -> StoreResult<Checkpoint> {
+pub(crate) fn checkpoint_from_row(row: &PgRow) -> StoreResult<Checkpoint> {
     let seq: i64 = row.try_get("seq")?;
     Ok(Checkpoint {
         seq: u64::try_from(seq)

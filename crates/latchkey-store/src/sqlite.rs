@@ -17,11 +17,15 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{
-    AuditFilter, ConnectorRow, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
+    AuditFilter, ConnectorRow, ExpiryClaim, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
     SecretVersionMeta, SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The database clock in unix milliseconds, as SQL. `julianday('now')` has millisecond
+/// precision and stays the same within one statement.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// SQLite allows at most 32,766 bound parameters per statement; audit rows bind 14 each.
 const AUDIT_ROWS_PER_INSERT: usize = 500;
@@ -850,6 +854,98 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn take_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let result = sqlx::query(&format!(
+            "INSERT INTO job_leases (job, holder, expires_at) VALUES (?1, ?2, {NOW_MS} + ?3) \
+             ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE job_leases.expires_at <= {NOW_MS} OR job_leases.holder = excluded.holder"
+        ))
+        .bind(job)
+        .bind(holder)
+        .bind(crate::lease_millis(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn renew_lease(&self, job: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let result = sqlx::query(&format!(
+            "UPDATE job_leases SET expires_at = {NOW_MS} + ?3 \
+             WHERE job = ?1 AND holder = ?2 AND expires_at > {NOW_MS}"
+        ))
+        .bind(job)
+        .bind(holder)
+        .bind(crate::lease_millis(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM job_leases WHERE job = ? AND holder = ?")
+            .bind(job)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn claim_expired_tokens(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ExpiryClaim>> {
+        // IMMEDIATE takes the write lock before the select, so no other connection claims
+        // the same tokens in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT accessor, principal_id, expires_at, expiry_claimed_at FROM tokens \
+             WHERE expires_at <= ?1 AND revoked_at IS NULL AND expiry_recorded_at IS NULL \
+             AND (expiry_claimed_at IS NULL OR expiry_claimed_at < ?2) \
+             ORDER BY expires_at, accessor LIMIT ?3",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let claim = ExpiryClaim {
+                accessor: row.try_get("accessor")?,
+                principal_id: row.try_get("principal_id")?,
+                expires_at: row.try_get("expires_at")?,
+                reclaimed: row
+                    .try_get::<Option<i64>, _>("expiry_claimed_at")?
+                    .is_some(),
+            };
+            sqlx::query("UPDATE tokens SET expiry_claimed_at = ? WHERE accessor = ?")
+                .bind(now)
+                .bind(&claim.accessor)
+                .execute(&mut *tx)
+                .await?;
+            claims.push(claim);
+        }
+
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    async fn mark_expiry_recorded(&self, accessor: &str, now: i64) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE tokens SET expiry_recorded_at = ? \
+             WHERE accessor = ? AND expiry_recorded_at IS NULL",
+        )
+        .bind(now)
+        .bind(accessor)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
     }
 }
 

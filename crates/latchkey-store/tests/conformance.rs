@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use latchkey_core::audit::{
     AuditEvent, AuditRecord, AuditSigner, AuditVerifier, ChainVerifier, GENESIS_HASH, Outcome,
@@ -16,7 +17,7 @@ use latchkey_core::audit::{
 };
 use latchkey_store::{
     AuditFilter, ConnectorRow, LoginAttemptRow, PrincipalRow, SecretRow, SecretVersionRow,
-    SqliteStore, Store, StoreError, TokenRow, VaultRow,
+    SqliteStore, Store, StoreError, TokenRow, VaultRow, transfer,
 };
 
 async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
@@ -706,6 +707,287 @@ async fn concurrent_writers_never_fork_the_chain(a: &dyn Store, b: &dyn Store) {
     );
 }
 
+async fn leases_have_one_holder(store: &dyn Store) {
+    let minute = Duration::from_secs(60);
+    assert!(store.take_lease("expiry", "node-a", minute).await.unwrap());
+    assert!(
+        !store.take_lease("expiry", "node-b", minute).await.unwrap(),
+        "a running lease is not taken"
+    );
+    assert!(!store.renew_lease("expiry", "node-b", minute).await.unwrap());
+    assert!(!store.release_lease("expiry", "node-b").await.unwrap());
+    assert!(
+        store.take_lease("expiry", "node-a", minute).await.unwrap(),
+        "the holder may take its own lease again"
+    );
+    assert!(store.renew_lease("expiry", "node-a", minute).await.unwrap());
+    assert!(
+        store
+            .take_lease("other-job", "node-b", minute)
+            .await
+            .unwrap(),
+        "leases of other jobs are independent"
+    );
+
+    assert!(store.release_lease("expiry", "node-a").await.unwrap());
+    assert!(!store.release_lease("expiry", "node-a").await.unwrap());
+    assert!(
+        store.take_lease("expiry", "node-b", minute).await.unwrap(),
+        "a released lease is free at once"
+    );
+    assert!(!store.renew_lease("expiry", "node-a", minute).await.unwrap());
+
+    // A lease of zero length has expired when it is written, as a killed holder's lease
+    // has once its time is up.
+    assert!(
+        store
+            .take_lease("killed", "node-a", Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.take_lease("killed", "node-b", minute).await.unwrap(),
+        "an expired lease is taken over"
+    );
+    assert!(
+        !store.renew_lease("killed", "node-a", minute).await.unwrap(),
+        "the old holder cannot renew a lease taken over"
+    );
+    assert!(!store.take_lease("killed", "node-a", minute).await.unwrap());
+}
+
+async fn expired_tokens_are_claimed_once(store: &dyn Store) {
+    store
+        .create_principal(&principal("p1", "alice", &[]))
+        .await
+        .unwrap();
+    for (accessor, hash, expires_at) in [
+        ("tok_b", 2, 80),
+        ("tok_a", 1, 70),
+        ("tok_later", 3, 200),
+        ("tok_revoked", 4, 60),
+    ] {
+        let mut row = token(accessor, "p1", hash);
+        row.expires_at = expires_at;
+        store.insert_token(&row).await.unwrap();
+    }
+    store.revoke_token("tok_revoked", 50).await.unwrap();
+
+    let claims = store.claim_expired_tokens(100, 40, 10).await.unwrap();
+    let claimed: Vec<_> = claims
+        .iter()
+        .map(|c| (c.accessor.as_str(), c.expires_at, c.reclaimed))
+        .collect();
+    assert_eq!(
+        claimed,
+        [("tok_a", 70, false), ("tok_b", 80, false)],
+        "expired, unrevoked tokens, oldest expiry first"
+    );
+    assert_eq!(claims[0].principal_id, "p1");
+    assert!(
+        store
+            .claim_expired_tokens(101, 41, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fresh claim is not handed out twice"
+    );
+
+    assert!(store.mark_expiry_recorded("tok_a", 102).await.unwrap());
+    assert!(!store.mark_expiry_recorded("tok_a", 103).await.unwrap());
+
+    // tok_b's claim from 100 is stale by 150 and was never marked, so it comes back.
+    let claims = store.claim_expired_tokens(200, 150, 1).await.unwrap();
+    assert_eq!(claims.len(), 1, "the limit holds");
+    assert_eq!(claims[0].accessor, "tok_b");
+    assert!(claims[0].reclaimed);
+    let claims = store.claim_expired_tokens(200, 150, 10).await.unwrap();
+    let claimed: Vec<_> = claims
+        .iter()
+        .map(|c| (c.accessor.as_str(), c.reclaimed))
+        .collect();
+    assert_eq!(claimed, [("tok_later", false)]);
+}
+
+/// Holders on two stores over one database race for leases and token claims. Exactly one
+/// holder wins each lease, and every expired token is claimed by exactly one caller.
+async fn concurrent_holders_never_share_work(a: &dyn Store, b: &dyn Store) {
+    const ROUNDS: usize = 10;
+    const HOLDERS_PER_STORE: usize = 4;
+    const TOKENS: usize = 40;
+
+    for round in 0..ROUNDS {
+        let job = format!("job-{round}");
+        let mut takers = Vec::new();
+        for i in 0..HOLDERS_PER_STORE {
+            for (store, side) in [(a, "a"), (b, "b")] {
+                let job = job.clone();
+                takers.push(async move {
+                    store
+                        .take_lease(&job, &format!("{side}{i}"), Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                });
+            }
+        }
+        let winners = futures_join_all(takers)
+            .await
+            .into_iter()
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1, "round {round}: one holder took the lease");
+    }
+
+    a.create_principal(&principal("p1", "alice", &[]))
+        .await
+        .unwrap();
+    for n in 0..TOKENS {
+        let mut row = token(&format!("tok_{n:02}"), "p1", n as u8);
+        row.expires_at = 10;
+        a.insert_token(&row).await.unwrap();
+    }
+    async fn claimer(store: &dyn Store) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let claims = store.claim_expired_tokens(100, 0, 3).await.unwrap();
+            if claims.is_empty() {
+                return mine;
+            }
+            mine.extend(claims.into_iter().map(|c| c.accessor));
+        }
+    }
+    let mut claimed: Vec<String> = futures_join_all(vec![claimer(a), claimer(b), claimer(a)])
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    claimed.sort();
+    let expected: Vec<String> = (0..TOKENS).map(|n| format!("tok_{n:02}")).collect();
+    assert_eq!(claimed, expected, "every token was claimed once");
+}
+
+/// Fills a store as a deployment would: seal, principals and groups, a vault with a
+/// secret of two versions, a policy, tokens and a lease. It adds 1,200 audit events, more
+/// than one read batch of the copy, with signed checkpoints at 500 and 1,000.
+async fn fill_deployment(store: &dyn Store) -> AuditSigner {
+    let root = principal("prn_root", "root", &["admins"]);
+    let mut root_token = token("tok_root", "prn_root", 9);
+    root_token.kind = "root".into();
+    store
+        .initialize("{\"mode\":\"keyfile\"}", &root, &root_token)
+        .await
+        .unwrap();
+    store
+        .create_principal(&principal("p1", "alice", &["devs", "ops"]))
+        .await
+        .unwrap();
+    let mut inactive = principal("p2", "bob", &[]);
+    inactive.active = false;
+    store.create_principal(&inactive).await.unwrap();
+    store
+        .set_groups("prn_root", &["admins".into()])
+        .await
+        .unwrap();
+    store.create_vault(&vault("v1", "prod")).await.unwrap();
+    let secret = SecretRow {
+        id: "s1".into(),
+        vault_id: "v1".into(),
+        name: "db".into(),
+        tags: BTreeMap::new(),
+        current_version: 1,
+        created_at: 7,
+        updated_at: 7,
+    };
+    store
+        .put_secret_version(None, &secret, &version("s1", 1))
+        .await
+        .unwrap();
+    let second = SecretRow {
+        current_version: 2,
+        updated_at: 8,
+        ..secret.clone()
+    };
+    store
+        .put_secret_version(Some(&secret), &second, &version("s1", 2))
+        .await
+        .unwrap();
+    store
+        .put_policy("devs", "permit(principal, action, resource);", 3)
+        .await
+        .unwrap();
+    store.insert_token(&token("tok_a", "p1", 1)).await.unwrap();
+    store.insert_token(&token("tok_b", "p1", 2)).await.unwrap();
+    store.revoke_token("tok_b", 20).await.unwrap();
+    store.claim_expired_tokens(80, 0, 1).await.unwrap();
+    store.mark_expiry_recorded("tok_a", 81).await.unwrap();
+    store
+        .take_lease("token_expiry", "node-a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.insert_audit_signing_key(&[7, 0, 255]).await.unwrap();
+
+    let (signer, _) = AuditSigner::generate().unwrap();
+    let events = continue_chain(None, 1200, "fill");
+    for batch in events.chunks(400) {
+        store.append_audit(batch).await.unwrap();
+    }
+    for seq in [500u64, 1000] {
+        let head = hex_to_array(&events[usize::try_from(seq).unwrap() - 1].hash);
+        store
+            .append_checkpoint(&signer.sign(seq, &head, chrono::DateTime::UNIX_EPOCH))
+            .await
+            .unwrap();
+    }
+    signer
+}
+
+/// Asserts that everything the Store trait reads is the same in both stores.
+async fn assert_same_contents(a: &dyn Store, b: &dyn Store) {
+    assert_eq!(
+        a.seal_config().await.unwrap(),
+        b.seal_config().await.unwrap()
+    );
+    assert_eq!(
+        a.list_vaults().await.unwrap(),
+        b.list_vaults().await.unwrap()
+    );
+    let secrets = a.list_secrets("v1").await.unwrap();
+    assert_eq!(secrets, b.list_secrets("v1").await.unwrap());
+    for secret in &secrets {
+        for n in 1..=secret.current_version {
+            let (x, y) = (
+                a.secret_version(&secret.id, n).await.unwrap().unwrap(),
+                b.secret_version(&secret.id, n).await.unwrap().unwrap(),
+            );
+            assert!(x == y, "version {n} of `{}` differs", secret.name);
+        }
+    }
+    assert_eq!(
+        a.list_principals().await.unwrap(),
+        b.list_principals().await.unwrap()
+    );
+    assert_eq!(
+        a.list_policies().await.unwrap(),
+        b.list_policies().await.unwrap()
+    );
+    assert_eq!(
+        a.list_tokens(None).await.unwrap(),
+        b.list_tokens(None).await.unwrap()
+    );
+    assert_eq!(
+        a.audit_events(0, 5000).await.unwrap(),
+        b.audit_events(0, 5000).await.unwrap()
+    );
+    assert_eq!(
+        a.checkpoints(0, 100).await.unwrap(),
+        b.checkpoints(0, 100).await.unwrap()
+    );
+    assert_eq!(
+        a.audit_signing_key().await.unwrap(),
+        b.audit_signing_key().await.unwrap()
+    );
+}
+
 /// Polls all futures on the current task until every one is done, returning their outputs
 /// in order. Enough for the contention above: the waiting happens in the database.
 async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
@@ -769,6 +1051,61 @@ mod sqlite_backend {
     sqlite_case!(audit_search_filters_in_sql);
     sqlite_case!(connectors_replace_by_kind_and_name);
     sqlite_case!(login_attempts_complete_once_and_expire);
+    sqlite_case!(leases_have_one_holder);
+
+    /// Fails when a migration adds a table or column that the SQLite-to-PostgreSQL copy
+    /// does not list in `transfer::TABLES`, so that it would be left behind.
+    #[tokio::test]
+    async fn schema_has_only_copied_tables() {
+        let (_dir, store) = sqlite().await;
+        let schema = transfer::sqlite_schema(store.pool()).await.unwrap();
+        transfer::check_schema(&schema, transfer::Side::Source).unwrap();
+        let names: Vec<&str> = schema
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !transfer::LOCAL_TABLES.contains(name))
+            .collect();
+        let mut copied: Vec<&str> = transfer::TABLES.iter().map(|t| t.name).collect();
+        copied.sort_unstable();
+        assert_eq!(names, copied);
+    }
+
+    #[tokio::test]
+    async fn check_schema_rejects_unlisted_tables_and_columns() {
+        let (_dir, store) = sqlite().await;
+        sqlx::query("ALTER TABLE vaults ADD COLUMN region TEXT")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let schema = transfer::sqlite_schema(store.pool()).await.unwrap();
+        let error = transfer::check_schema(&schema, transfer::Side::Source).unwrap_err();
+        assert!(
+            matches!(&error, transfer::TransferError::ColumnMismatch { table, .. } if table == "vaults"),
+            "{error}"
+        );
+
+        let (_dir, store) = sqlite().await;
+        sqlx::query("CREATE TABLE identities (id TEXT PRIMARY KEY)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let schema = transfer::sqlite_schema(store.pool()).await.unwrap();
+        let error = transfer::check_schema(&schema, transfer::Side::Source).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the source database has a table `identities` that this `lk` cannot copy; use the `lk` release that created the database"
+        );
+    }
+    sqlite_case!(expired_tokens_are_claimed_once);
+
+    #[tokio::test]
+    async fn concurrent_holders_never_share_work() {
+        let (dir, a) = sqlite().await;
+        let b = SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
+        super::concurrent_holders_never_share_work(&a, &b).await;
+    }
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -938,6 +1275,20 @@ mod postgres_backend {
     postgres_case!(audit_search_filters_in_sql);
     postgres_case!(connectors_replace_by_kind_and_name);
     postgres_case!(login_attempts_complete_once_and_expire);
+    postgres_case!(leases_have_one_holder);
+    postgres_case!(expired_tokens_are_claimed_once);
+
+    #[tokio::test]
+    async fn concurrent_holders_never_share_work() {
+        with_postgres(|url| async move {
+            let a = open_postgres(&url).await;
+            let b = open_postgres(&url).await;
+            super::concurrent_holders_never_share_work(&a, &b).await;
+            a.pool().close().await;
+            b.pool().close().await;
+        })
+        .await;
+    }
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -947,6 +1298,204 @@ mod postgres_backend {
             super::concurrent_writers_never_fork_the_chain(&a, &b).await;
             a.pool().close().await;
             b.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn schema_has_only_copied_tables() {
+        with_postgres(|url| async move {
+            let store = open_postgres(&url).await;
+            let schema = transfer::postgres_schema(store.pool()).await.unwrap();
+            transfer::check_schema(&schema, transfer::Side::Destination).unwrap();
+            store.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn copy_moves_every_row_and_verifies() {
+        with_postgres(|url| async move {
+            let (_dir, source) = sqlite().await;
+            let signer = fill_deployment(&source).await;
+            let destination = transfer::open_destination(&url).await.unwrap();
+
+            let mut copying = Vec::new();
+            let mut verified = 0;
+            let report =
+                transfer::copy_to_postgres(&source, &destination, None, &mut |p| match p {
+                    transfer::Progress::Copying { table, done, total } => {
+                        copying.push((table.to_string(), done, total))
+                    }
+                    transfer::Progress::Verifying { done, .. } => verified = done,
+                })
+                .await
+                .unwrap();
+
+            let rows: BTreeMap<&str, u64> = report.tables.iter().copied().collect();
+            assert_eq!(rows["audit_events"], 1200);
+            assert_eq!(rows["audit_checkpoints"], 2);
+            assert_eq!(rows["secret_versions"], 2);
+            assert_eq!(rows["tokens"], 3);
+            assert_eq!(rows["group_members"], 3);
+            assert_eq!(rows["job_leases"], 1);
+            assert_eq!(rows["meta"], 2, "seal config and audit signing key");
+            assert_eq!(report.tables.len(), transfer::TABLES.len());
+            assert_eq!(report.audit.chain.last_seq, 1200);
+            assert_eq!(report.audit.checkpoints, 2);
+            assert_eq!(report.audit.last_checkpoint_seq, 1000);
+            assert!(!report.signatures_checked);
+            assert!(
+                copying.contains(&("audit_events".to_string(), 1000, 1200)),
+                "progress after each read batch: {copying:?}"
+            );
+            assert_eq!(verified, 1200);
+            assert_same_contents(&source, &destination).await;
+
+            let token = destination
+                .token_by_accessor("tok_a")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(token.hash, [1; 32]);
+            let unrecorded: Vec<String> = destination
+                .claim_expired_tokens(1000, 0, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.accessor)
+                .collect();
+            assert_eq!(
+                unrecorded,
+                ["tok_root"],
+                "tok_a's recorded expiry and tok_b's revocation were copied"
+            );
+            assert!(
+                !destination
+                    .take_lease("token_expiry", "node-b", Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+                "the lease was copied"
+            );
+
+            let mut verifier = AuditVerifier::new(
+                signer.public_key(),
+                ChainVerifier::new(),
+                destination.checkpoints(0, 100).await.unwrap(),
+            )
+            .unwrap();
+            for event in destination.audit_events(0, 5000).await.unwrap() {
+                verifier.push(&event).unwrap();
+            }
+            verifier.finish().unwrap();
+            destination.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn copy_checks_signatures_with_a_public_key() {
+        with_postgres(|url| async move {
+            let (_dir, source) = sqlite().await;
+            fill_deployment(&source).await;
+            let destination = transfer::open_destination(&url).await.unwrap();
+            let (stranger, _) = AuditSigner::generate().unwrap();
+            let result = transfer::copy_to_postgres(
+                &source,
+                &destination,
+                Some(stranger.public_key()),
+                &mut |_| {},
+            )
+            .await;
+            let Err(transfer::TransferError::Audit(error)) = result else {
+                panic!("another key's signature was accepted: {result:?}");
+            };
+            assert_eq!(error.seq(), 500, "{error}");
+            assert!(
+                destination.list_vaults().await.unwrap().is_empty(),
+                "rolled back"
+            );
+            destination.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn copy_names_the_first_bad_audit_event() {
+        with_postgres(|url| async move {
+            let (_dir, source) = sqlite().await;
+            fill_deployment(&source).await;
+            sqlx::query("UPDATE audit_events SET action = 'delete' WHERE seq = 777")
+                .execute(source.pool())
+                .await
+                .unwrap();
+            let destination = transfer::open_destination(&url).await.unwrap();
+            let result = transfer::copy_to_postgres(&source, &destination, None, &mut |_| {}).await;
+            let Err(transfer::TransferError::Audit(error)) = result else {
+                panic!("an edited event was copied: {result:?}");
+            };
+            assert_eq!(error.seq(), 777);
+            assert_eq!(
+                error.to_string(),
+                "audit chain broken at sequence 777: the event's contents do not match its hash (edited)"
+            );
+            for table in transfer::TABLES {
+                let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name))
+                    .fetch_one(destination.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(rows, 0, "table `{}` is empty after the rollback", table.name);
+            }
+            destination.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn copy_refuses_a_destination_with_rows() {
+        with_postgres(|url| async move {
+            let (_dir, source) = sqlite().await;
+            fill_deployment(&source).await;
+            let destination = transfer::open_destination(&url).await.unwrap();
+            destination
+                .create_vault(&vault("v9", "already-here"))
+                .await
+                .unwrap();
+            let result = transfer::copy_to_postgres(&source, &destination, None, &mut |_| {}).await;
+            let Err(error @ transfer::TransferError::DestinationNotEmpty { .. }) = result else {
+                panic!("copied into a database with rows: {result:?}");
+            };
+            assert_eq!(
+                error.to_string(),
+                "the destination database is not empty: table `vaults` has rows"
+            );
+            let vaults = destination.list_vaults().await.unwrap();
+            assert_eq!(vaults.len(), 1, "nothing was added");
+            destination.pool().close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_destination_refuses_foreign_tables() {
+        with_postgres(|url| async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query("CREATE TABLE invoices (id BIGINT)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let result = transfer::open_destination(&url).await;
+            let Err(error @ transfer::TransferError::ForeignTable { .. }) = result else {
+                panic!("opened a database of another application");
+            };
+            assert!(error.to_string().contains("`invoices`"), "{error}");
+            let schema = transfer::postgres_schema(&pool).await.unwrap();
+            assert_eq!(
+                schema.keys().collect::<Vec<_>>(),
+                ["invoices"],
+                "no migration ran"
+            );
+            pool.close().await;
         })
         .await;
     }

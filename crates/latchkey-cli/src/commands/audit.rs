@@ -300,7 +300,7 @@ fn time_arg(name: &str, value: Option<String>) -> CliResult<Option<String>> {
         .transpose()
 }
 
-fn decode_public_key(path: &Path) -> CliResult<Vec<u8>> {
+pub(crate) fn decode_public_key(path: &Path) -> CliResult<Vec<u8>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::usage(format!("cannot read `{}`: {e}", path.display())))?;
     let encoded = match serde_json::from_str::<PublicKeyFile>(&text) {

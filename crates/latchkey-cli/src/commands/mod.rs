@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod inject;
 pub mod login;
+pub mod migrate;
 pub mod operator;
 pub mod policy;
 pub mod read;
