@@ -1851,3 +1851,572 @@ async fn two_servers_record_each_token_expiry_once() {
     node_b.stop();
     drop_database(&admin, &database).await;
 }
+
+/// The real OpenID Provider from `tests/oidc-provider` (npm `oidc-provider`), on free
+/// 127.0.0.1 ports, with a redirect port for `lk login` to listen on.
+struct Provider {
+    child: Child,
+    issuer: String,
+    redirect_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Provider {
+    fn start() -> Provider {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider");
+        // Installed once per test run, from the lock file, when CI has not done it already.
+        static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            if dir.join("node_modules/oidc-provider").exists() {
+                return;
+            }
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm installs the test OpenID Provider");
+            assert!(status.success(), "`npm ci` in tests/oidc-provider failed");
+        });
+        let (port, redirect_port) = (free_port(), free_port());
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(&dir)
+            .env("PORT", port.to_string())
+            .env("REDIRECT_PORT", redirect_port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs the test OpenID Provider");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
+        let issuer = line.strip_prefix("listening ").unwrap().to_string();
+        // Keep draining its output: a closed pipe would kill it on its next warning.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Provider {
+            child,
+            issuer,
+            redirect_port,
+        }
+    }
+
+    /// A workload identity token: the provider's JWT access token for `urn:latchkey`.
+    fn workload_jwt(&self) -> String {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-u",
+                "latchkey-ci:ci-secret",
+                "-d",
+                "grant_type=client_credentials",
+            ])
+            .args(["-d", "resource=urn:latchkey"])
+            .arg(format!("{}/token", self.issuer))
+            .output()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A browser driven with curl and a cookie jar: returns where a request redirects, or the
+/// page body when `follow_body` is set.
+fn browse(jar: &Path, url: &str, form: &[(&str, &str)], follow_body: bool) -> String {
+    let mut command = Command::new("curl");
+    command.arg("-s").arg("-b").arg(jar).arg("-c").arg(jar);
+    if !follow_body {
+        command.args(["-o", "/dev/null", "-w", "%{redirect_url}"]);
+    }
+    for (key, value) in form {
+        command
+            .arg("--data-urlencode")
+            .arg(format!("{key}={value}"));
+    }
+    let output = command.arg(url).output().unwrap();
+    assert!(output.status.success(), "curl {url} failed");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// Signs `user` in on the provider's login and consent forms, starting at `start`, and
+/// returns the URL the provider finally redirects to.
+fn sign_in_on_provider(jar: &Path, start: &str, user: &str) -> String {
+    let login = browse(jar, start, &[], false);
+    let resume = browse(
+        jar,
+        &login,
+        &[("prompt", "login"), ("login", user), ("password", "any")],
+        false,
+    );
+    let consent = browse(jar, &resume, &[], false);
+    let resume = browse(jar, &consent, &[("prompt", "consent")], false);
+    browse(jar, &resume, &[], false)
+}
+
+/// Starts `lk login ARGS` in the background and returns it with a reader of its stderr.
+fn spawn_login(
+    server: &Server,
+    config_dir: &Path,
+    args: &[&str],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut child = Command::new(LK)
+        .arg("login")
+        .args(args)
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_CONFIG_DIR", config_dir)
+        .env_remove("LATCHKEY_TOKEN")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+fn finish(child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "lk login did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Signs a person in through `lk login` in a "browser" and returns lk's output.
+fn browser_login(
+    server: &Server,
+    provider: &Provider,
+    config: &Path,
+    connector: &str,
+    user: &str,
+) -> Output {
+    let port = provider.redirect_port.to_string();
+    let (child, mut lines) = spawn_login(
+        server,
+        config,
+        &["--connector", connector, "--port", &port, "--no-browser"],
+    );
+    let auth_url = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|line| {
+            let line = line.trim();
+            line.starts_with(&provider.issuer).then(|| line.to_string())
+        })
+        .expect("lk login prints the sign-in URL");
+    assert!(
+        auth_url.contains("code_challenge_method=S256"),
+        "{auth_url}"
+    );
+    assert!(auth_url.contains("nonce="), "{auth_url}");
+    let jar = config.with_extension("cookies");
+    let callback = sign_in_on_provider(&jar, &auth_url, user);
+    assert!(
+        callback.starts_with(&format!("http://127.0.0.1:{port}/callback?code=")),
+        "{callback}"
+    );
+    // The browser lands on lk's loopback listener, which shows a page and hands the code on.
+    let page = browse(&jar, &callback, &[], true);
+    let output = finish(child);
+    let mut rest = String::new();
+    for line in lines.map_while(Result::ok) {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert!(
+        page.contains("Return to the terminal") || page.contains("You can close"),
+        "{page}"
+    );
+    Output {
+        status: output.status,
+        stdout: output.stdout,
+        stderr: rest.into_bytes(),
+    }
+}
+
+#[test]
+fn people_sign_in_through_the_provider_in_a_browser_and_on_a_device() {
+    let provider = Provider::start();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let port = provider.redirect_port.to_string();
+    let secret = work.path().join("client-secret");
+    std::fs::write(&secret, "latchkey-secret\n").unwrap();
+    server.root(&[
+        "auth",
+        "oidc",
+        "set",
+        "corp",
+        "--issuer",
+        &provider.issuer,
+        "--client-id",
+        "latchkey",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--scope",
+        "openid",
+        "--scope",
+        "email",
+        "--scope",
+        "groups",
+        "--groups-claim",
+        "groups",
+        "--redirect-port",
+        &port,
+        "--ttl",
+        "8h",
+    ]);
+    server.root(&[
+        "auth",
+        "oidc",
+        "set",
+        "corp-cli",
+        "--issuer",
+        &provider.issuer,
+        "--client-id",
+        "latchkey-cli",
+        "--scope",
+        "groups",
+        "--groups-claim",
+        "groups",
+        "--redirect-port",
+        &port,
+    ]);
+    let listed = stdout(&server.root(&["auth", "list"]));
+    assert!(
+        listed.contains("corp-cli") && listed.contains("client latchkey"),
+        "{listed}"
+    );
+    let shown = stdout(&server.root(&["auth", "oidc", "show", "corp"]));
+    assert!(shown.contains("client secret    stored"), "{shown}");
+    assert!(!shown.contains("latchkey-secret"), "{shown}");
+
+    // Developers read staging, from the shipped example policy.
+    server.root(&["vault", "create", "staging", "--tag", "env=staging"]);
+    server.root(&["secret", "put", "lk://staging/db", "password=from-vault"]);
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/policies/people-from-the-provider.cedar");
+    server.root(&[
+        "policy",
+        "set",
+        "people",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+
+    // Alice signs in with the browser flow on the confidential client.
+    let alice_config = work.path().join("alice");
+    let output = browser_login(&server, &provider, &alice_config, "corp", "alice");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = stdout(&output);
+    assert!(
+        shown.contains("signed in as User::\"alice\" (browser sign-in through OIDC connector `corp`; groups: admins, devs)"),
+        "{shown}"
+    );
+    let token_file = alice_config.join("token");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let whoami = lk_at(&server.addr, None, &alice_config, &["whoami"], None, &[]);
+    let whoami = stdout(&whoami);
+    assert!(whoami.contains("groups:     admins, devs"), "{whoami}");
+    assert!(
+        whoami.contains("session:    browser sign-in through OIDC connector `corp`"),
+        "{whoami}"
+    );
+    let read = lk_at(
+        &server.addr,
+        None,
+        &alice_config,
+        &["read", "lk://staging/db/password"],
+        None,
+        &[],
+    );
+    assert_eq!(stdout(&read), "from-vault", "{}", stderr(&read));
+    // Admins administer: the provider's `admins` group reaches Cedar at once.
+    let users = lk_at(
+        &server.addr,
+        None,
+        &alice_config,
+        &["user", "list"],
+        None,
+        &[],
+    );
+    assert!(users.status.success(), "{}", stderr(&users));
+
+    // A user the provider sends without the groups claim is refused, not signed in bare.
+    let output = browser_login(
+        &server,
+        &provider,
+        &work.path().join("nogroups"),
+        "corp",
+        "nogroups",
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("login failed"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Bob signs in with the device flow on the public client.
+    let bob_config = work.path().join("bob");
+    let (child, mut lines) = spawn_login(
+        &server,
+        &bob_config,
+        &["--device", "--connector", "corp-cli"],
+    );
+    let prompt = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|line| line.contains("enter the code"))
+        .unwrap();
+    let user_code = prompt.rsplit(' ').next().unwrap().to_string();
+    let jar = work.path().join("bob.cookies");
+    let xsrf = |page: &str| {
+        page.split("name=\"xsrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_string()
+    };
+    let device = format!("{}/device", provider.issuer);
+    let page = browse(&jar, &format!("{device}?user_code={user_code}"), &[], true);
+    let page = browse(
+        &jar,
+        &device,
+        &[("xsrf", &xsrf(&page)), ("user_code", &user_code)],
+        true,
+    );
+    let start = browse(
+        &jar,
+        &device,
+        &[
+            ("xsrf", &xsrf(&page)),
+            ("user_code", &user_code),
+            ("confirm", "yes"),
+        ],
+        false,
+    );
+    let resume = browse(
+        &jar,
+        &start,
+        &[("prompt", "login"), ("login", "bob"), ("password", "any")],
+        false,
+    );
+    let consent = browse(&jar, &resume, &[], false);
+    let done = browse(&jar, &consent, &[("prompt", "consent")], false);
+    let success = browse(&jar, &done, &[], true);
+    assert!(success.contains("Sign-in Success"), "{success}");
+    let output = finish(child);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        output.status.success(),
+        "{rest:?} {}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    assert!(
+        stdout(&output).contains("signed in as User::\"bob\" (device sign-in through OIDC connector `corp-cli`; groups: devs)"),
+        "{}",
+        stdout(&output)
+    );
+    let bob_users = lk_at(
+        &server.addr,
+        None,
+        &bob_config,
+        &["user", "list"],
+        None,
+        &[],
+    );
+    assert_eq!(bob_users.status.code(), Some(4), "bob is no admin");
+
+    // Both logins and the refused one are in the audit log.
+    let events =
+        stdout(&server.root(&["audit", "search", "--action", "login", "--format", "json"]));
+    assert!(
+        events.contains("User::\\\"alice\\\"") && events.contains("User::\\\"bob\\\""),
+        "{events}"
+    );
+    assert!(events.contains("claim_rejected"), "{events}");
+
+    // Logging out revokes the token on the server.
+    let output = lk_at(&server.addr, None, &alice_config, &["logout"], None, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let read = lk_at(&server.addr, None, &alice_config, &["whoami"], None, &[]);
+    assert_eq!(read.status.code(), Some(3));
+}
+
+#[test]
+fn workloads_exchange_provider_jwts_and_forged_ones_fail() {
+    let provider = Provider::start();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    // Keys come from the issuer's discovery document.
+    server.root(&[
+        "auth",
+        "jwt",
+        "set",
+        "ci",
+        "--issuer",
+        &provider.issuer,
+        "--audience",
+        "urn:latchkey",
+        "--bound-claim",
+        "client_id=latchkey-*",
+        "--user-claim",
+        "client_id",
+        "--group",
+        "ci",
+        "--ttl",
+        "10m",
+    ]);
+    server.root(&["vault", "create", "staging", "--tag", "env=staging"]);
+    server.root(&["secret", "put", "lk://staging/db", "password=ci-pass"]);
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/policies/ci-reads-staging.cedar");
+    server.root(&["policy", "set", "ci", "--file", policy.to_str().unwrap()]);
+
+    let jwt = provider.workload_jwt();
+    let jwt_file = work.path().join("jwt");
+    std::fs::write(&jwt_file, &jwt).unwrap();
+    let config = work.path().join("ci");
+    let jwt_path = jwt_file.to_str().unwrap();
+    let output = lk_at(
+        &server.addr,
+        None,
+        &config,
+        &["login", "--jwt-file", jwt_path, "--role", "ci"],
+        None,
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains(
+            "signed in as Workload::\"latchkey-ci\" (JWT login with role `ci`; groups: ci)"
+        ),
+        "{}",
+        stdout(&output)
+    );
+
+    // One line in a CI step: read and run exchange the JWT themselves.
+    let fresh = work.path().join("fresh");
+    let read = lk_at(
+        &server.addr,
+        None,
+        &fresh,
+        &[
+            "read",
+            "--jwt-file",
+            jwt_path,
+            "--role",
+            "ci",
+            "lk://staging/db/password",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(stdout(&read), "ci-pass", "{}", stderr(&read));
+    let run = lk_at(
+        &server.addr,
+        None,
+        &fresh,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "test \"$DB\" = ci-pass && echo matched",
+        ],
+        None,
+        &[
+            ("LATCHKEY_ROLE", "ci"),
+            ("LATCHKEY_JWT", &jwt),
+            ("DB", "lk://staging/db/password"),
+        ],
+    );
+    assert_eq!(stdout(&run).trim(), "matched", "{}", stderr(&run));
+    assert!(!fresh.join("token").exists(), "read and run keep no token");
+
+    // A forged token (the real one with its payload changed) is refused with exit code 3.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_string).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    let forged = parts.join(".");
+    let output = lk_at(
+        &server.addr,
+        None,
+        &fresh,
+        &["login", "--role", "ci"],
+        None,
+        &[("LATCHKEY_JWT", &forged)],
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("login failed; an administrator can find the reason"),
+        "{}",
+        stderr(&output)
+    );
+    let output = lk_at(
+        &server.addr,
+        None,
+        &fresh,
+        &["login", "--role", "deploy", "--jwt-file", jwt_path],
+        None,
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "an unknown role reads the same"
+    );
+    let output = lk_at(
+        &server.addr,
+        None,
+        &fresh,
+        &["login", "--role", "ci"],
+        None,
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a role without a JWT is a usage error"
+    );
+
+    let events =
+        stdout(&server.root(&["audit", "search", "--action", "login", "--format", "json"]));
+    assert!(events.contains("Workload::\\\"latchkey-ci\\\""), "{events}");
+    let failed: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"failed\""))
+        .collect();
+    assert!(
+        failed.iter().any(|l| l.contains("unknown_role")),
+        "{events}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|l| l.contains("malformed_jwt") || l.contains("bad_signature")),
+        "{events}"
+    );
+    assert!(
+        !events.contains(&jwt),
+        "the JWT never reaches the audit log"
+    );
+}
