@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
-use crate::{audit_api, auth, policies, secrets, sys, tokens, users, vaults};
+use crate::{audit_api, auth, metrics, policies, secrets, sys, tokens, users, vaults};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -124,7 +124,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/sys/seal-status", get(sys::seal_status))
         .route("/v1/sys/init", post(sys::init))
         .route("/v1/sys/unseal", post(sys::unseal))
-        .route("/v1/openapi.json", get(openapi));
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::serve_metrics));
 
     Router::new()
         .merge(public)
@@ -132,6 +133,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(metrics::track_requests))
         .layer(middleware::from_fn(auth::request_id))
         .with_state(state)
 }

@@ -257,6 +257,7 @@ impl Writer {
     /// stored head. The batch is then chained again onto the new head, so the nodes share
     /// one chain.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
+        let started = Instant::now();
         let mut attempt = 0;
         let (events, seq, prev, result) = loop {
             let mut events = Vec::with_capacity(batch.len());
@@ -281,6 +282,7 @@ impl Writer {
 
         match result {
             Ok(()) => {
+                crate::metrics::METRICS.audit_batch(events.len(), started.elapsed());
                 self.head = (seq, prev);
                 self.last_seq.store(seq, Ordering::Relaxed);
                 self.healthy.store(true, Ordering::Relaxed);

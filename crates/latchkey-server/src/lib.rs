@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod keyring;
+pub mod metrics;
 pub mod policies;
 pub mod sealing;
 pub mod secrets;
