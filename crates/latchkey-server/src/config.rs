@@ -77,6 +77,9 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// Sign a checkpoint when an unsigned event is this old, such as `60s`; at least `1s`.
     pub checkpoint_interval: String,
+    /// Streaming copies of the log (`[[audit.sinks]]`).
+    #[serde(default)]
+    pub sinks: Vec<crate::audit_sinks::SinkConfig>,
 }
 
 impl Default for AuditConfig {
@@ -84,6 +87,7 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: "60s".into(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl ServerConfig {
                 .map_err(|e| invalid(format!("`tokens.{name}`: {e}")))?;
         }
         config.audit.checkpoints().map_err(invalid)?;
+        crate::audit_sinks::check_all(&config.audit.sinks).map_err(invalid)?;
         Ok(config)
     }
 }

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod audit_api;
 pub mod audit_log;
+pub mod audit_sinks;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -32,6 +32,10 @@ async fn harness() -> Harness {
     let store = SqliteStore::open(&dir.path().join("latchkey.db"))
         .await
         .unwrap();
+    harness_over(dir, store).await
+}
+
+async fn harness_over(dir: tempfile::TempDir, store: SqliteStore) -> Harness {
     let state = Arc::new(
         AppState::new(Arc::new(store.clone()), Settings::default())
             .await
@@ -248,4 +252,449 @@ async fn metrics_need_no_token_and_are_text() {
         "{content_type}"
     );
     let _ = (&h.state, &h.store);
+}
+
+// ---------------------------------------------------------------------------------------
+// Streaming sinks
+// ---------------------------------------------------------------------------------------
+
+use latchkey_core::audit::AuditEvent;
+use latchkey_server::audit_sinks::{self, SinkConfig, SinkHealth};
+use std::time::Duration;
+
+fn sink_spec(text: &str) -> audit_sinks::SinkSpec {
+    toml::from_str::<SinkConfig>(text).unwrap().check().unwrap()
+}
+
+impl Harness {
+    fn start_sink(&self, text: &str, node: &str) {
+        audit_sinks::start(
+            Arc::clone(&self.state.store),
+            self.state.audit.feed(),
+            vec![sink_spec(text)],
+            node,
+        )
+        .unwrap();
+    }
+
+    async fn sink_health(&self, name: &str) -> SinkHealth {
+        let (status, body) = self.call("GET", "/v1/sys/health", None, None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a sink never makes health fail: {body}"
+        );
+        let sinks: Vec<SinkHealth> = serde_json::from_value(body["audit_sinks"].clone()).unwrap();
+        sinks.into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Polls health until `accept` holds for the sink, failing after 60 seconds.
+    async fn wait_for_sink(
+        &self,
+        name: &str,
+        what: &str,
+        accept: impl Fn(&SinkHealth) -> bool,
+    ) -> SinkHealth {
+        for _ in 0..1200 {
+            let health = self.sink_health(name).await;
+            if accept(&health) {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "sink `{name}` never became {what}: {:?}",
+            self.sink_health(name).await
+        );
+    }
+
+    async fn head_seq(&self) -> u64 {
+        self.store.audit_head().await.unwrap().unwrap().0
+    }
+
+    async fn stored_seqs(&self) -> Vec<u64> {
+        self.store
+            .audit_events(0, 1_000_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    /// A vault, a secret in it, and a user whose policy lets them read it.
+    async fn readable_secret(&self) -> String {
+        self.create_vault("staging", "staging").await;
+        self.put_secret("staging", "db").await;
+        let token = self.create_user("alice", &["devs"]).await;
+        self.put_policy(
+            "devs-staging",
+            r#"permit(principal in Group::"devs", action == Action::"read", resource)
+               when { resource.vault.hasTag("env") && resource.vault.getTag("env") == "staging" };"#,
+        )
+        .await;
+        token
+    }
+}
+
+#[tokio::test]
+async fn hanging_webhook_never_blocks_reads() {
+    let h = harness().await;
+    let alice = h.readable_secret().await;
+    // Accepts connections and never reads from them, so every POST hangs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    h.start_sink(
+        &format!("name = \"hang\"\ntype = \"webhook\"\nurl = \"http://{address}/\"\ntimeout = \"1s\"\nqueue = 8"),
+        "node-a",
+    );
+
+    for _ in 0..50 {
+        assert_eq!(
+            h.read(&alice, "lk://staging/db/password").await,
+            StatusCode::OK
+        );
+    }
+    let health = h
+        .wait_for_sink("hang", "degraded", |s| s.state == "degraded")
+        .await;
+    assert_eq!(health.kind, "webhook");
+    assert!(
+        health.last_error.as_deref().unwrap().contains("timed out"),
+        "{health:?}"
+    );
+    assert_eq!(health.cursor, 0, "nothing was delivered");
+    for _ in 0..20 {
+        assert_eq!(
+            h.read(&alice, "lk://staging/db/password").await,
+            StatusCode::OK
+        );
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            r#"latchkey_audit_sink_failures_total{sink="hang"}"#
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            r#"latchkey_audit_sink_events_dropped_total{sink="hang"}"#
+        ) >= 1.0,
+        "the queue of 8 overflowed"
+    );
+    assert_eq!(
+        sample(&metrics, r#"latchkey_audit_sink_degraded{sink="hang"}"#),
+        1.0
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the sink did connect");
+}
+
+/// Starts a receiver on `listener` that records every POSTed batch.
+fn webhook_receiver(
+    listener: tokio::net::TcpListener,
+) -> Arc<std::sync::Mutex<Vec<Vec<AuditEvent>>>> {
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let app = Router::new().route(
+        "/ingest",
+        axum::routing::post(move |axum::Json(batch): axum::Json<Vec<AuditEvent>>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(batch);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    batches
+}
+
+#[tokio::test]
+async fn webhook_catches_up_after_being_down() {
+    let h = harness().await;
+    // Find a free port, then close it, so the first deliveries are refused.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    h.start_sink(
+        &format!("name = \"siem\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/ingest\"\ntimeout = \"2s\"\nbatch = 7\nqueue = 4"),
+        "node-a",
+    );
+    for i in 0..30 {
+        h.create_vault(&format!("v{i}"), "dev").await;
+    }
+    let health = h
+        .wait_for_sink("siem", "degraded", |s| s.state == "degraded")
+        .await;
+    assert!(
+        health
+            .last_error
+            .unwrap()
+            .contains(&format!("127.0.0.1:{port}"))
+    );
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let batches = webhook_receiver(listener);
+    let head = h.head_seq().await;
+    h.wait_for_sink("siem", "caught up", |s| s.state == "ok" && s.cursor >= head)
+        .await;
+
+    let batches = batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|b| !b.is_empty() && b.len() <= 7),
+        "batches respect `batch`"
+    );
+    let received: Vec<u64> = batches.iter().flatten().map(|e| e.seq).collect();
+    let stored = h.stored_seqs().await;
+    assert_eq!(
+        &received[..],
+        &stored[..received.len()],
+        "in order, no gap, no duplicate"
+    );
+    assert!(received.len() as u64 >= head);
+    let first = &batches[0][0];
+    assert_eq!(
+        first,
+        &h.store.audit_events(0, 1).await.unwrap()[0],
+        "events arrive exactly as stored"
+    );
+}
+
+/// Reads every line of `NAME` and its rotated `NAME.LAST_SEQ` files, oldest first.
+fn file_seqs(dir: &std::path::Path, name: &str) -> (Vec<u64>, usize) {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.starts_with(name))
+        .collect();
+    files.sort();
+    // The current file holds the newest events: read it last.
+    files.rotate_left(1);
+    let mut seqs = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in text.lines() {
+            seqs.push(serde_json::from_str::<AuditEvent>(line).unwrap().seq);
+        }
+    }
+    (seqs, files.len())
+}
+
+#[tokio::test]
+async fn file_rotation_under_load_loses_nothing() {
+    let h = Arc::new(harness().await);
+    let alice = h.readable_secret().await;
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.jsonl");
+    h.start_sink(
+        &format!("name = \"local\"\ntype = \"file\"\npath = \"{}\"\nmax_bytes = 16384\nqueue = 32\nbatch = 25", path.display()),
+        "node-a",
+    );
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let h = Arc::clone(&h);
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                assert_eq!(
+                    h.read(&alice, "lk://staging/db/password").await,
+                    StatusCode::OK
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let head = h.head_seq().await;
+    assert!(head > 800);
+    h.wait_for_sink("local", "caught up", |s| s.cursor >= head)
+        .await;
+
+    let (seqs, files) = file_seqs(out.path(), "audit.jsonl");
+    assert!(files > 5, "the file rotated: {files} files");
+    assert_eq!(
+        seqs,
+        h.stored_seqs().await,
+        "every stored event once, in order"
+    );
+}
+
+#[tokio::test]
+async fn syslog_udp_and_tcp_lines_are_rfc5424() {
+    let h = harness().await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    h.start_sink(
+        &format!("name = \"syslog-udp\"\ntype = \"syslog\"\nprotocol = \"udp\"\naddress = \"{}\"\nhostname = \"lk-test\"", udp.local_addr().unwrap()),
+        "node-a",
+    );
+    h.start_sink(
+        &format!("name = \"syslog-tcp\"\ntype = \"syslog\"\nprotocol = \"tcp\"\naddress = \"{}\"\nfacility = 4", tcp.local_addr().unwrap()),
+        "node-a",
+    );
+    h.create_vault("prod", "prod").await;
+    let (status, _) = h
+        .call("GET", "/v1/vaults", Some("lkt_not_a_token"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let head = h.head_seq().await;
+    let stored = h.store.audit_events(0, 100).await.unwrap();
+
+    let mut datagrams = Vec::new();
+    let mut buffer = vec![0u8; 65_536];
+    while datagrams.len() < head as usize {
+        let n = tokio::time::timeout(Duration::from_secs(30), udp.recv(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        datagrams.push(String::from_utf8(buffer[..n].to_vec()).unwrap());
+    }
+    for (message, event) in datagrams.iter().zip(&stored) {
+        assert_rfc5424(message, event, 10, "lk-test");
+    }
+
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(30), tcp.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut frames = Vec::new();
+    let mut pending = Vec::new();
+    while frames.len() < head as usize {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut chunk),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(n > 0, "the sink closed the stream early");
+        pending.extend_from_slice(&chunk[..n]);
+        // Octet counting: decimal length, one space, then exactly that many bytes.
+        while let Some(space) = pending.iter().position(|b| *b == b' ') {
+            let length: usize = std::str::from_utf8(&pending[..space])
+                .unwrap()
+                .parse()
+                .unwrap();
+            if pending.len() < space + 1 + length {
+                break;
+            }
+            frames
+                .push(String::from_utf8(pending[space + 1..space + 1 + length].to_vec()).unwrap());
+            pending.drain(..space + 1 + length);
+        }
+    }
+    for (message, event) in frames.iter().zip(&stored) {
+        assert_rfc5424(message, event, 4, "-");
+    }
+}
+
+/// Checks the header fields of an RFC 5424 message and that its MSG is the stored event.
+fn assert_rfc5424(message: &str, event: &AuditEvent, facility: u16, hostname: &str) {
+    let rest = message.strip_prefix('<').unwrap();
+    let (priority, rest) = rest.split_once('>').unwrap();
+    let severity = match event.record.outcome {
+        latchkey_core::audit::Outcome::Allowed => 6,
+        latchkey_core::audit::Outcome::Denied => 5,
+        latchkey_core::audit::Outcome::Failed => 4,
+    };
+    assert_eq!(
+        priority.parse::<u16>().unwrap(),
+        facility * 8 + severity,
+        "{message}"
+    );
+    let fields: Vec<&str> = rest.splitn(8, ' ').collect();
+    assert_eq!(fields[0], "1", "VERSION");
+    assert_eq!(fields[1], event.record.time, "TIMESTAMP");
+    assert!(chrono::DateTime::parse_from_rfc3339(fields[1]).is_ok());
+    assert_eq!(fields[2], hostname, "HOSTNAME");
+    assert_eq!(fields[3], "latchkey", "APP-NAME");
+    assert!(fields[4].parse::<u32>().is_ok(), "PROCID");
+    assert_eq!(fields[5], "audit", "MSGID");
+    assert_eq!(fields[6], "-", "STRUCTURED-DATA");
+    let body: AuditEvent = serde_json::from_str(fields[7]).unwrap();
+    assert_eq!(&body, event, "MSG is the stored event");
+}
+
+#[tokio::test]
+async fn two_nodes_ship_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("latchkey.db");
+    let first = SqliteStore::open(&db).await.unwrap();
+    let a = harness_over(dir, first).await;
+    // A second node over the same database, as with PostgreSQL behind a load balancer.
+    let second = SqliteStore::open(&db).await.unwrap();
+    let state_b = Arc::new(
+        AppState::new(Arc::new(second), Settings::default())
+            .await
+            .unwrap(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let sink = |file: &str| {
+        format!(
+            "name = \"shared\"\ntype = \"file\"\npath = \"{}\"",
+            out.path().join(file).display()
+        )
+    };
+    a.start_sink(&sink("a.jsonl"), "node-a");
+    h_wait_owner(&a).await;
+    audit_sinks::start(
+        Arc::clone(&state_b.store),
+        state_b.audit.feed(),
+        vec![sink_spec(&sink("b.jsonl"))],
+        "node-b",
+    )
+    .unwrap();
+    let b_health = || {
+        state_b
+            .audit
+            .feed()
+            .health()
+            .into_iter()
+            .find(|s| s.name == "shared")
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if b_health().state == "standby" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b_health().state,
+        "standby",
+        "node b waits while node a holds the lease"
+    );
+
+    for i in 0..20 {
+        a.create_vault(&format!("v{i}"), "dev").await;
+    }
+    let head = a.head_seq().await;
+    a.wait_for_sink("shared", "caught up", |s| s.cursor >= head)
+        .await;
+    let (from_a, _) = file_seqs(out.path(), "a.jsonl");
+    assert_eq!(from_a, a.stored_seqs().await);
+    assert!(
+        !out.path().join("b.jsonl").exists(),
+        "node b shipped nothing"
+    );
+}
+
+async fn h_wait_owner(h: &Harness) {
+    h.wait_for_sink("shared", "owned", |s| s.state == "ok")
+        .await;
 }
