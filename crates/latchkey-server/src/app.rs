@@ -10,7 +10,9 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
-use crate::{audit_api, auth, metrics, policies, secrets, sys, tokens, users, vaults};
+use crate::{
+    access_report, audit_api, auth, metrics, policies, secrets, sys, tokens, users, vaults,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,6 +54,7 @@ use crate::{audit_api, auth, metrics, policies, secrets, sys, tokens, users, vau
         audit_api::list_events,
         audit_api::list_checkpoints,
         audit_api::audit_key,
+        access_report::access_report,
     )
 )]
 pub struct ApiDoc;
@@ -117,6 +120,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/audit/events", get(audit_api::list_events))
         .route("/v1/audit/checkpoints", get(audit_api::list_checkpoints))
         .route("/v1/audit/key", get(audit_api::audit_key))
+        .route("/v1/reports/access", get(access_report::access_report))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()

@@ -698,3 +698,284 @@ async fn h_wait_owner(h: &Harness) {
     h.wait_for_sink("shared", "owned", |s| s.state == "ok")
         .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Access report
+// ---------------------------------------------------------------------------------------
+
+use latchkey_core::audit::{AuditRecord, Outcome, seal_event};
+use latchkey_server::access_report::{self, InventoryItem, ReportInput};
+use std::collections::BTreeMap;
+
+/// Compares `actual` with the checked-in file `tests/fixtures/NAME`. With
+/// `UPDATE_SNAPSHOTS=1` it rewrites the file instead; review the diff before committing.
+fn assert_snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} differs from the output:\n{actual}",
+        path.display()
+    );
+}
+
+fn fixture_event(
+    seq: u64,
+    minute: u32,
+    principal: &str,
+    resource: &str,
+    outcome: Outcome,
+    detail: &[(&str, &str)],
+    policies: &[&str],
+) -> AuditEvent {
+    let record = AuditRecord {
+        time: format!("2026-11-30T09:{minute:02}:00.000000Z"),
+        request_id: format!("req-{seq}"),
+        principal: principal.into(),
+        action: "read".into(),
+        resource: resource.into(),
+        outcome,
+        reason: (outcome == Outcome::Denied).then(|| "permission_denied".into()),
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        client_addr: Some("127.0.0.1".into()),
+        token_id: None,
+        detail: detail
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    seal_event(seq, &latchkey_core::audit::GENESIS_HASH, record)
+}
+
+fn fixture_principal(name: &str, groups: &[&str], active: bool) -> latchkey_store::PrincipalRow {
+    latchkey_store::PrincipalRow {
+        id: format!("prn_{name}"),
+        kind: "user".into(),
+        name: name.into(),
+        active,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        created_at: 0,
+    }
+}
+
+fn item(vault: &str, env: &str, secret: &str) -> InventoryItem {
+    InventoryItem {
+        vault: vault.into(),
+        vault_tags: BTreeMap::from([("env".to_string(), env.to_string())]),
+        secret: secret.into(),
+        tags: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn access_report_matches_snapshot() {
+    let engine = latchkey_core::policy::PolicyEngine::new([
+        (
+            "devs-staging",
+            r#"permit(principal in Group::"devs", action == Action::"read", resource)
+               when { resource.vault.hasTag("env") && resource.vault.getTag("env") == "staging" };"#,
+        ),
+        (
+            "ops-prod",
+            r#"permit(principal in Group::"ops", action == Action::"read", resource)
+               when { resource.vault.hasTag("env") && resource.vault.getTag("env") == "prod" };"#,
+        ),
+    ])
+    .unwrap();
+    let alice = r#"User::"alice""#;
+    let bob = r#"User::"bob""#;
+    let staging_db = r#"Secret::"staging/db""#;
+    let prod_db = r#"Secret::"prod/db""#;
+    let grant = [
+        ("grant", "grt_01"),
+        ("approved_by", r#"User::"dave""#),
+        ("approval_reason", "INC-4211 failover"),
+    ];
+    let break_glass = [
+        ("grant", "grt_02"),
+        ("approved_by", ""),
+        ("approval_reason", "outage, approver unreachable"),
+        ("break_glass", "true"),
+    ];
+    let events = vec![
+        fixture_event(
+            11,
+            0,
+            alice,
+            staging_db,
+            Outcome::Allowed,
+            &[("field", "password")],
+            &["devs-staging"],
+        ),
+        fixture_event(
+            12,
+            5,
+            alice,
+            staging_db,
+            Outcome::Allowed,
+            &[("field", "password")],
+            &["devs-staging"],
+        ),
+        fixture_event(13, 6, alice, prod_db, Outcome::Denied, &[], &[]),
+        fixture_event(14, 7, alice, prod_db, Outcome::Denied, &[], &[]),
+        fixture_event(
+            15,
+            10,
+            bob,
+            prod_db,
+            Outcome::Allowed,
+            &grant,
+            &["ops-prod"],
+        ),
+        fixture_event(
+            16,
+            11,
+            bob,
+            prod_db,
+            Outcome::Allowed,
+            &grant,
+            &["ops-prod"],
+        ),
+        fixture_event(
+            17,
+            12,
+            bob,
+            prod_db,
+            Outcome::Allowed,
+            &break_glass,
+            &["ops-prod"],
+        ),
+        fixture_event(
+            18,
+            20,
+            bob,
+            r#"Secret::"old/key""#,
+            Outcome::Allowed,
+            &[],
+            &["ops-prod"],
+        ),
+        fixture_event(
+            19,
+            30,
+            alice,
+            staging_db,
+            Outcome::Allowed,
+            &[("field", "username")],
+            &["devs-staging"],
+        ),
+    ];
+    let inventory = vec![
+        item("prod", "prod", "api"),
+        item("prod", "prod", "db"),
+        item("staging", "staging", "cache"),
+        item("staging", "staging", "db"),
+    ];
+    let principals = vec![
+        fixture_principal("root", &[], true),
+        fixture_principal("alice", &["devs"], true),
+        fixture_principal("bob", &["ops"], true),
+        fixture_principal("carol", &["devs"], false),
+    ];
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    let report = access_report::build(&ReportInput {
+        since: "2026-11-27T12:00:00.000000Z".into(),
+        until: "2026-12-04T12:00:00.000000Z".into(),
+        now,
+        events: &events,
+        inventory: &inventory,
+        principals: &principals,
+        engine: &engine,
+    });
+
+    assert_eq!(
+        report.unused_access.len(),
+        2,
+        "alice never read staging/cache, bob never read prod/api"
+    );
+    let staging = report
+        .secrets
+        .iter()
+        .find(|s| s.resource == staging_db)
+        .unwrap();
+    assert_eq!(staging.reads[0].count, 3);
+    let prod = report
+        .secrets
+        .iter()
+        .find(|s| s.resource == prod_db)
+        .unwrap();
+    assert_eq!(prod.denied[0].count, 2);
+    assert_eq!(prod.break_glass.len(), 1);
+    let text = serde_json::to_string_pretty(&report).unwrap() + "\n";
+    assert_snapshot("access_report.json", &text);
+}
+
+#[tokio::test]
+async fn access_report_endpoint_lists_reads() {
+    let h = harness().await;
+    let alice = h.readable_secret().await;
+    h.put_secret("staging", "cache").await;
+    assert_eq!(
+        h.read(&alice, "lk://staging/db/password").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.read(&alice, "lk://staging/db/password").await,
+        StatusCode::OK
+    );
+
+    let (status, body) = h
+        .call("GET", "/v1/reports/access?since=1h", Some(&alice), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "only admins see the report: {body}"
+    );
+
+    let (status, report) = h.root("GET", "/v1/reports/access?since=1h", None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let db = report["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["secret"] == "db")
+        .unwrap();
+    assert_eq!(db["reads"][0]["principal"], r#"User::"alice""#);
+    assert_eq!(db["reads"][0]["count"], 2);
+    assert_eq!(db["reads"][0]["grant"], "");
+    let unused: Vec<&str> = report["unused_access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(unused, vec![r#"Secret::"staging/cache""#]);
+
+    let (status, body) = h.root("GET", "/v1/reports/access?since=soon", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`since`: invalid time `soon`"),
+        "{body}"
+    );
+    let (status, body) = h
+        .root("GET", "/v1/reports/access?since=1h&until=2h", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not before `until`"),
+        "{body}"
+    );
+}
