@@ -66,6 +66,9 @@ enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Build review reports from the audit log.
+    #[command(subcommand)]
+    Report(commands::report::ReportCommand),
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
@@ -86,6 +89,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::User(command) => commands::user::run(command, format).await.map(|_| 0),
         Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
         Command::Audit(command) => commands::audit::run(command, format).await,
+        Command::Report(command) => commands::report::run(command).await.map(|_| 0),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod login;
 pub mod operator;
 pub mod policy;
 pub mod read;
+pub mod report;
 pub mod resolve;
 pub mod run;
 pub mod secret;
