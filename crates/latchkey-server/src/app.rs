@@ -11,7 +11,8 @@ use utoipa::OpenApi;
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::{
-    access_report, audit_api, auth, metrics, policies, secrets, sys, tokens, users, vaults,
+    access_report, audit_api, audit_retention, auth, metrics, policies, secrets, sys, tokens,
+    users, vaults,
 };
 
 #[derive(OpenApi)]
@@ -55,6 +56,9 @@ use crate::{
         audit_api::list_checkpoints,
         audit_api::audit_key,
         access_report::access_report,
+        audit_retention::record_export,
+        audit_retention::list_exports,
+        audit_retention::purge,
     )
 )]
 pub struct ApiDoc;
@@ -121,6 +125,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/audit/checkpoints", get(audit_api::list_checkpoints))
         .route("/v1/audit/key", get(audit_api::audit_key))
         .route("/v1/reports/access", get(access_report::access_report))
+        .route(
+            "/v1/audit/exports",
+            post(audit_retention::record_export).get(audit_retention::list_exports),
+        )
+        .route("/v1/audit/purge", post(audit_retention::purge))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()

@@ -4,6 +4,7 @@ pub mod access_report;
 pub mod app;
 pub mod audit_api;
 pub mod audit_log;
+pub mod audit_retention;
 pub mod audit_sinks;
 pub mod auth;
 pub mod config;

@@ -74,6 +74,7 @@ fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
         settings.max_token_ttl = parse(&config.tokens.max_ttl)?;
         settings.max_body_bytes = config.limits.max_body_bytes;
         settings.audit_checkpoints = config.audit.checkpoints().map_err(anyhow::Error::msg)?;
+        settings.audit_retention = config.audit.retention().map_err(anyhow::Error::msg)?;
     }
     Ok(settings)
 }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// When the audit writer signs a checkpoint (`[audit]` in the config file).
     pub audit_checkpoints: CheckpointSettings,
+    /// `[audit] retention` as written and parsed; None keeps every event.
+    pub audit_retention: Option<(String, std::time::Duration)>,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
             max_token_ttl: 24 * 3600,
             max_body_bytes: 1024 * 1024,
             audit_checkpoints: CheckpointSettings::default(),
+            audit_retention: None,
         }
     }
 }

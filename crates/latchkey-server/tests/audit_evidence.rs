@@ -14,7 +14,7 @@ use latchkey_core::crypto::Key256;
 use latchkey_server::app::router;
 use latchkey_server::state::{AppState, Settings, SharedState};
 use latchkey_server::sys::{UnsealMethod, initialize};
-use latchkey_store::{SqliteStore, Store};
+use latchkey_store::{AuditUpkeep, SqliteStore, Store};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -36,8 +36,12 @@ async fn harness() -> Harness {
 }
 
 async fn harness_over(dir: tempfile::TempDir, store: SqliteStore) -> Harness {
+    harness_with(dir, store, Settings::default()).await
+}
+
+async fn harness_with(dir: tempfile::TempDir, store: SqliteStore, settings: Settings) -> Harness {
     let state = Arc::new(
-        AppState::new(Arc::new(store.clone()), Settings::default())
+        AppState::new(Arc::new(store.clone()), settings)
             .await
             .unwrap(),
     );
@@ -978,4 +982,226 @@ async fn access_report_endpoint_lists_reads() {
             .contains("is not before `until`"),
         "{body}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------
+
+use latchkey_core::audit::{AuditVerifier, ChainVerifier};
+
+/// A server that signs a checkpoint every 5 events and keeps events for one second.
+async fn retention_harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("latchkey.db"))
+        .await
+        .unwrap();
+    let settings = Settings {
+        audit_checkpoints: latchkey_server::audit_log::CheckpointSettings {
+            every: 5,
+            interval: Duration::from_secs(3600),
+        },
+        audit_retention: Some(("1s".into(), Duration::from_secs(1))),
+        ..Settings::default()
+    };
+    harness_with(dir, store, settings).await
+}
+
+impl Harness {
+    async fn record_export(&self, first: u64, last: u64) -> (StatusCode, Value) {
+        let events = self
+            .store
+            .audit_events(first - 1, (last - first + 1) as u32)
+            .await
+            .unwrap();
+        self.root(
+            "POST",
+            "/v1/audit/exports",
+            Some(json!({
+                "first_seq": first, "last_seq": last, "events": last - first + 1,
+                "sha256": "0".repeat(64), "file_name": "audit.jsonl",
+                "first_hash": events.first().unwrap().hash, "last_hash": events.last().unwrap().hash,
+            })),
+        )
+        .await
+    }
+
+    async fn verify_live(
+        &self,
+    ) -> Result<latchkey_core::audit::AuditSummary, latchkey_core::audit::AuditBreak> {
+        let events = self.store.audit_events(0, 1_000_000).await.unwrap();
+        let checkpoints = self.store.checkpoints(0, 10_000).await.unwrap();
+        let signer = self.state.audit.signer().await.unwrap();
+        let mut verifier = AuditVerifier::new(
+            signer.public_key(),
+            ChainVerifier::continuing(&events[0]),
+            checkpoints,
+        )?;
+        for event in &events {
+            verifier.push(event)?;
+        }
+        verifier.finish()
+    }
+}
+
+#[tokio::test]
+async fn purge_waits_for_export_and_keeps_a_checkpoint_anchor() {
+    let h = retention_harness().await;
+    for i in 0..23 {
+        h.create_vault(&format!("v{i}"), "dev").await;
+    }
+    let exported_to = h.head_seq().await;
+    // Checkpoints are signed after the batch that reaches each multiple of 5.
+    let mut checkpoints = Vec::new();
+    for _ in 0..200 {
+        checkpoints = h.store.checkpoints(0, 100).await.unwrap();
+        if checkpoints.last().is_some_and(|c| c.seq >= 20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(checkpoints.iter().any(|c| c.seq >= 20), "{checkpoints:?}");
+    // Let every event so far age past the one-second retention.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let (status, plan) = h.root("POST", "/v1/audit/purge", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["dry_run"], true, "a dry run unless asked otherwise");
+    assert_eq!(plan["events"], 0, "no export recorded yet: {plan}");
+    assert!(
+        plan["limited_by"].as_str().unwrap().starts_with("exports"),
+        "{plan}"
+    );
+
+    let (status, body) = h.record_export(1, exported_to).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, plan) = h
+        .root("POST", "/v1/audit/purge", Some(json!({"dry_run": true})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let anchor = plan["purge_before"].as_u64().unwrap();
+    // Events below the anchor are deleted, so the export must cover up to `anchor - 1`.
+    assert!(anchor > 1 && anchor - 1 <= exported_to, "{plan}");
+    let signed: Vec<u64> = h
+        .store
+        .checkpoints(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert!(
+        signed.contains(&anchor),
+        "the purge stops at a checkpoint: {anchor} not in {signed:?}"
+    );
+    assert_eq!(plan["events"].as_u64().unwrap(), anchor - 1);
+    assert_eq!(
+        h.store.audit_first_seq().await.unwrap(),
+        Some(1),
+        "a dry run deletes nothing"
+    );
+
+    let (status, done) = h
+        .root("POST", "/v1/audit/purge", Some(json!({"dry_run": false})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["events"].as_u64().unwrap(), anchor - 1);
+    assert_eq!(h.store.audit_first_seq().await.unwrap(), Some(anchor));
+    let summary = h.verify_live().await.unwrap();
+    assert!(
+        summary.checkpoints >= 1,
+        "the anchor checkpoint was matched: {summary:?}"
+    );
+
+    let purge_events = h
+        .store
+        .search_audit(&latchkey_store::AuditFilter {
+            limit: 10,
+            action: Some("audit_purge".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let executed = purge_events
+        .iter()
+        .find(|e| e.record.detail["dry_run"] == "false")
+        .unwrap();
+    assert_eq!(
+        executed.record.detail["purge_before"],
+        anchor.to_string(),
+        "the purge is itself audited"
+    );
+
+    // Editing the kept first event breaks the anchor.
+    sqlx::query("UPDATE audit_events SET principal = 'User::\"mallory\"' WHERE seq = ?")
+        .bind(anchor as i64)
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    let broken = h.verify_live().await.unwrap_err();
+    assert_eq!(broken.seq(), anchor);
+}
+
+#[tokio::test]
+async fn export_record_rejects_bad_ranges_and_hashes() {
+    let h = retention_harness().await;
+    for i in 0..4 {
+        h.create_vault(&format!("v{i}"), "dev").await;
+    }
+    let (status, body) = h.record_export(1, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["recorded_by"], r#"User::"root""#);
+
+    let base = json!({"first_seq": 1, "last_seq": 3, "events": 3, "sha256": "a".repeat(64),
+        "file_name": "x.jsonl", "first_hash": "00", "last_hash": "00"});
+    let cases = [
+        (
+            json!({"events": 2}),
+            StatusCode::BAD_REQUEST,
+            "`events` 2 does not match the range 1..3, which holds 3 events; an export has no gaps",
+        ),
+        (
+            json!({"first_seq": 0}),
+            StatusCode::BAD_REQUEST,
+            "the range 0..3 is invalid: `first_seq` must be at least 1 and at most `last_seq`",
+        ),
+        (
+            json!({"sha256": "xyz"}),
+            StatusCode::BAD_REQUEST,
+            "`sha256` must be 64 hex characters: the SHA-256 of the export file",
+        ),
+        (
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "`first_hash` does not match stored audit event 1; the file is not an export of this log",
+        ),
+        (
+            json!({"first_seq": 900, "last_seq": 901, "events": 2}),
+            StatusCode::CONFLICT,
+            "audit event 900 is not in the store (purged or not yet written), so this export cannot be checked",
+        ),
+    ];
+    for (change, status, message) in cases {
+        let mut body = base.clone();
+        for (key, value) in change.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let (got, response) = h.root("POST", "/v1/audit/exports", Some(body)).await;
+        assert_eq!(got, status, "{response}");
+        assert_eq!(response["error"]["message"], message);
+    }
+    let (status, list) = h.root("GET", "/v1/audit/exports", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["exports"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn purge_needs_retention_configured() {
+    let h = harness().await;
+    let (status, body) = h
+        .root("POST", "/v1/audit/purge", Some(json!({"dry_run": false})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "retention_off");
+    assert_eq!(h.store.audit_first_seq().await.unwrap(), Some(1));
 }
