@@ -1608,6 +1608,7 @@ fn start_configured(work: &Path, audit_section: &str) -> (Child, String, String)
         ),
     )
     .unwrap();
+
     let log = work.join("server.log");
     let child = Command::new(LK)
         .args(["server", "--config", config.to_str().unwrap()])
@@ -1631,6 +1632,7 @@ fn start_configured(work: &Path, audit_section: &str) -> (Child, String, String)
         assert!(Instant::now() < deadline, "no listening line: {text}");
         std::thread::sleep(Duration::from_millis(50));
     };
+
     let init = lk_at(
         &addr,
         None,

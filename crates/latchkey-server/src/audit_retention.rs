@@ -195,8 +195,8 @@ fn default_true() -> bool {
     true
 }
 
-/// What a purge removes and which rule limits it. Every bound is a sequence number: events
-/// below it may go by that rule.
+/// The plan of a purge: its range and the rule that limits it. Every bound is a sequence
+/// number, and the events below it may be purged by that rule.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct PurgePlan {
     pub dry_run: bool,
@@ -218,7 +218,7 @@ pub struct PurgePlan {
     pub purge_before: u64,
     /// Events deleted (or, in a dry run, that would be).
     pub events: u64,
-    /// Which rule limits the purge, in words.
+    /// The rule that limits the purge, in words.
     pub limited_by: String,
 }
 
@@ -333,11 +333,7 @@ async fn plan(
     } else {
         "streaming sinks: a sink has not delivered later events".to_owned()
     };
-    let events = if checkpoint > first_seq {
-        checkpoint - first_seq
-    } else {
-        0
-    };
+    let events = checkpoint.saturating_sub(first_seq);
     Ok(PurgePlan {
         dry_run: true,
         retention: retention_text.to_owned(),

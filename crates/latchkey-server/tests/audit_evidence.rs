@@ -326,7 +326,8 @@ impl Harness {
             .collect()
     }
 
-    /// A vault, a secret in it, and a user whose policy lets them read it.
+    /// Creates a vault, a secret in it, and a user whose policy lets them read it; returns
+    /// the user's token.
     async fn readable_secret(&self) -> String {
         self.create_vault("staging", "staging").await;
         self.put_secret("staging", "db").await;
@@ -484,7 +485,7 @@ fn file_seqs(dir: &std::path::Path, name: &str) -> (Vec<u64>, usize) {
         .filter(|f| f.starts_with(name))
         .collect();
     files.sort();
-    // The current file holds the newest events: read it last.
+    // The current file contains the newest events, so it is read last.
     files.rotate_left(1);
     let mut seqs = Vec::new();
     for file in &files {
@@ -990,7 +991,7 @@ async fn access_report_endpoint_lists_reads() {
 
 use latchkey_core::audit::{AuditVerifier, ChainVerifier};
 
-/// A server that signs a checkpoint every 5 events and keeps events for one second.
+/// Builds a server that signs a checkpoint every 5 events and keeps events for one second.
 async fn retention_harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("latchkey.db"))
@@ -1045,7 +1046,7 @@ impl Harness {
 }
 
 #[tokio::test]
-async fn purge_waits_for_export_and_keeps_a_checkpoint_anchor() {
+async fn purge_stops_at_checkpoint_anchor() {
     let h = retention_harness().await;
     for i in 0..23 {
         h.create_vault(&format!("v{i}"), "dev").await;
@@ -1081,7 +1082,8 @@ async fn purge_waits_for_export_and_keeps_a_checkpoint_anchor() {
     assert_eq!(status, StatusCode::OK);
     let anchor = plan["purge_before"].as_u64().unwrap();
     // Events below the anchor are deleted, so the export must cover up to `anchor - 1`.
-    assert!(anchor > 1 && anchor - 1 <= exported_to, "{plan}");
+    assert!(anchor > 1, "{plan}");
+    assert!(anchor - 1 <= exported_to, "{plan}");
     let signed: Vec<u64> = h
         .store
         .checkpoints(0, 100)

@@ -661,6 +661,7 @@ async fn record_export(
         |e: std::io::Error| CliError::other(format!("cannot sync `{}`: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
     file.sync_all().map_err(cannot)?;
+
     let mut reader = std::io::BufReader::new(file);
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     loop {
@@ -678,6 +679,7 @@ async fn record_export(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -21,8 +21,8 @@ pub enum ReportFormat {
 
 #[derive(Subcommand)]
 pub enum ReportCommand {
-    /// Who read each secret, how often and under which grant; denied attempts; break-glass
-    /// reads; and permissions that went unused in the period.
+    /// Report who read each secret, how often and under which grant, with denied attempts,
+    /// break-glass reads and permissions that went unused in the period.
     Access {
         /// Start of the period: RFC 3339, or a duration before now such as `7d`.
         #[arg(long, default_value = "7d")]
@@ -91,6 +91,7 @@ fn or_dash(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
 }
 
+/// Renders Markdown: a section per table.
 pub fn markdown(report: &AccessReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Access review\n");
@@ -126,6 +127,7 @@ pub fn markdown(report: &AccessReport) -> String {
             );
         }
     }
+
     let _ = writeln!(out, "\n## Denied reads\n");
     let denied: Vec<_> = report
         .secrets
@@ -149,6 +151,7 @@ pub fn markdown(report: &AccessReport) -> String {
             );
         }
     }
+
     let _ = writeln!(out, "\n## Break-glass reads\n");
     let uses: Vec<_> = report
         .secrets
@@ -173,6 +176,7 @@ pub fn markdown(report: &AccessReport) -> String {
             );
         }
     }
+
     let _ = writeln!(out, "\n## Unused read access\n");
     let _ = writeln!(
         out,
@@ -215,8 +219,8 @@ fn csv_field(text: &str) -> String {
 const CSV_HEADER: &str =
     "kind,resource,principal,count,first_time,last_time,grant,approved_by,reason,policies";
 
-/// One row per read summary, denied summary, break-glass read and unused permission,
-/// told apart by the `kind` column.
+/// Renders one CSV row per read summary, denied summary, break-glass read and unused
+/// permission, distinguished by the `kind` column.
 pub fn csv(report: &AccessReport) -> String {
     let mut rows = vec![CSV_HEADER.to_owned()];
     let mut push = |fields: [&str; 10]| {
@@ -335,8 +339,8 @@ fn html_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     out.push_str("</table>\n");
 }
 
-/// One HTML file with inline CSS, no scripts and no links, ending in a sign-off block for
-/// the reviewer.
+/// Renders one HTML file with inline CSS, no scripts and no links, ending in a sign-off
+/// block for the reviewer.
 pub fn html(report: &AccessReport) -> String {
     let mut out = String::new();
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -474,8 +478,9 @@ mod tests {
 
     use super::*;
 
-    /// The server's snapshot report, rendered in each format and compared with checked-in
-    /// files. `UPDATE_SNAPSHOTS=1` rewrites them; review the diff before committing.
+    /// Loads the server's snapshot report. Each test renders it in one format and compares
+    /// the output with a checked-in file; `UPDATE_SNAPSHOTS=1` rewrites the files, so review
+    /// the diff before committing.
     fn fixture() -> AccessReport {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
