@@ -34,7 +34,7 @@ pub struct AccessReport {
     /// End of the period (exclusive), RFC 3339.
     pub until: String,
     pub generated_at: String,
-    /// Sequence numbers of the first and last events in the period; 0 when none.
+    /// Sequence numbers of the first and last read events in the period; 0 when none.
     pub first_seq: u64,
     pub last_seq: u64,
     /// One entry per secret that exists or appears in the period, by vault then name.

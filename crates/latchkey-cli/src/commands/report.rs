@@ -97,7 +97,7 @@ pub fn markdown(report: &AccessReport) -> String {
     let _ = writeln!(out, "# Access review\n");
     let _ = writeln!(
         out,
-        "Period: {} to {} (events {} to {}). Generated {}.\n",
+        "Period: {} to {} (read events {} to {}). Generated {}.\n",
         report.since, report.until, report.first_seq, report.last_seq, report.generated_at
     );
     let _ = writeln!(out, "## Reads\n");
@@ -354,7 +354,7 @@ pub fn html(report: &AccessReport) -> String {
     out.push_str("<h1>Access review</h1>\n");
     let _ = writeln!(
         out,
-        "<p>Period: {} to {} (audit events {} to {}). Generated {}.</p>",
+        "<p>Period: {} to {} (read events {} to {}). Generated {}.</p>",
         escape_html(&report.since),
         escape_html(&report.until),
         report.first_seq,
