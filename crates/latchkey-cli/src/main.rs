@@ -71,6 +71,9 @@ enum Command {
     /// Manage OIDC connectors and JWT roles.
     #[command(subcommand)]
     Auth(commands::auth::AuthCommand),
+    /// Build review reports from the audit log.
+    #[command(subcommand)]
+    Report(commands::report::ReportCommand),
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
@@ -92,6 +95,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
         Command::Audit(command) => commands::audit::run(command, format).await,
         Command::Auth(command) => commands::auth::run(command, format).await.map(|_| 0),
+        Command::Report(command) => commands::report::run(command).await.map(|_| 0),
     }
 }
 

@@ -2420,3 +2420,186 @@ fn workloads_exchange_provider_jwts_and_forged_ones_fail() {
         "the JWT never reaches the audit log"
     );
 }
+
+/// Starts `lk server --config` on a free port with plain HTTP on 127.0.0.1, then
+/// initializes it with two shares and unseals it. Returns the server, its address and the
+/// root token.
+fn start_configured(work: &Path, audit_section: &str) -> (Child, String, String) {
+    let config = work.join("latchkey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\ndisable = true\n{audit_section}",
+            work.join("data").display()
+        ),
+    )
+    .unwrap();
+
+    let log = work.join("server.log");
+    let child = Command::new(LK)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("listening")) {
+            let port = line
+                .split("127.0.0.1:")
+                .nth(1)
+                .unwrap()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap();
+            break format!("http://127.0.0.1:{port}");
+        }
+        assert!(Instant::now() < deadline, "no listening line: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let init = lk_at(
+        &addr,
+        None,
+        work,
+        &[
+            "operator",
+            "init",
+            "--shares",
+            "2",
+            "--threshold",
+            "2",
+            "--format",
+            "json",
+        ],
+        None,
+        &[],
+    );
+    assert!(init.status.success(), "{}", stderr(&init));
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    for share in init["shares"].as_array().unwrap() {
+        let output = lk_at(
+            &addr,
+            None,
+            work,
+            &["operator", "unseal", "--stdin"],
+            Some(share.as_str().unwrap().as_bytes()),
+            &[],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    (
+        child,
+        addr,
+        init["root_token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn export_purge_and_verify_after_retention() {
+    let work = tempfile::tempdir().unwrap();
+    let sink_file = work.path().join("stream.jsonl");
+    let audit = format!(
+        "[audit]\ncheckpoint_every = 5\ncheckpoint_interval = \"1h\"\nretention = \"1s\"\n\
+         [[audit.sinks]]\nname = \"local\"\ntype = \"file\"\npath = \"{}\"\n",
+        sink_file.display()
+    );
+    let (mut child, addr, root) = start_configured(work.path(), &audit);
+    let lk = |args: &[&str]| lk_at(&addr, Some(&root), work.path(), args, None, &[]);
+    let ok = |args: &[&str]| {
+        let output = lk(args);
+        assert!(output.status.success(), "lk {args:?}: {}", stderr(&output));
+        output
+    };
+    for i in 0..12 {
+        ok(&["vault", "create", &format!("v{i}")]);
+    }
+    let key = work.path().join("key.json");
+    ok(&["audit", "key", "-o", key.to_str().unwrap()]);
+    let before = work.path().join("before.jsonl");
+    let exported = ok(&["audit", "export", "-o", before.to_str().unwrap()]);
+    assert!(
+        stderr(&exported).contains("recorded export 1 of events 1.."),
+        "{}",
+        stderr(&exported)
+    );
+
+    // Let the exported events age past the one-second retention.
+    std::thread::sleep(Duration::from_millis(1200));
+    let plan = ok(&["audit", "purge"]);
+    assert!(stdout(&plan).contains("would purge"), "{}", stdout(&plan));
+    let purged = ok(&["audit", "purge", "--yes"]);
+    assert!(stdout(&purged).contains("purged"), "{}", stdout(&purged));
+    let shown = ok(&["--format", "json", "audit", "purge"]);
+    let after_plan: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let first_kept = after_plan["first_seq"].as_u64().unwrap();
+    assert!(first_kept > 1, "{after_plan}");
+
+    let live = ok(&["audit", "verify"]);
+    assert!(
+        stdout(&live).contains("audit chain intact"),
+        "{}",
+        stdout(&live)
+    );
+    let after = work.path().join("after.jsonl");
+    ok(&["audit", "export", "-o", after.to_str().unwrap()]);
+    let first_line = std::fs::read_to_string(&after).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"].as_u64().unwrap(), first_kept);
+    for file in [&before, &after] {
+        let output = ok(&[
+            "audit",
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(
+            stdout(&output).contains("signed checkpoints verified"),
+            "{}",
+            stdout(&output)
+        );
+    }
+
+    let status = lk(&["status"]);
+    assert!(
+        stdout(&status).contains("audit sink:   local (file) ok"),
+        "{}",
+        stdout(&status)
+    );
+    let streamed = std::fs::read_to_string(&sink_file).unwrap();
+    assert!(
+        streamed.lines().count() as u64 >= first_kept,
+        "the sink delivered the purged events first"
+    );
+
+    let report = work.path().join("review.html");
+    ok(&[
+        "report",
+        "access",
+        "--since",
+        "1h",
+        "--file-format",
+        "html",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("<h2>Sign-off</h2>")
+    );
+    let bad = lk(&["report", "access", "--since", "bogus"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("invalid time `bogus`"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let _ = nix_kill(child.id(), "TERM");
+    let _ = child.wait();
+}

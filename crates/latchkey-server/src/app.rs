@@ -10,7 +10,10 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
-use crate::{audit_api, auth, connectors, login, policies, secrets, sys, tokens, users, vaults};
+use crate::{
+    access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies, secrets,
+    sys, tokens, users, vaults,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,6 +67,10 @@ use crate::{audit_api, auth, connectors, login, policies, secrets, sys, tokens, 
         connectors::put_jwt_role,
         connectors::get_jwt_role,
         connectors::delete_jwt_role,
+        access_report::access_report,
+        audit_retention::record_export,
+        audit_retention::list_exports,
+        audit_retention::purge,
     )
 )]
 pub struct ApiDoc;
@@ -142,6 +149,12 @@ pub fn router(state: SharedState) -> Router {
                 .get(connectors::get_jwt_role)
                 .delete(connectors::delete_jwt_role),
         )
+        .route("/v1/reports/access", get(access_report::access_report))
+        .route(
+            "/v1/audit/exports",
+            post(audit_retention::record_export).get(audit_retention::list_exports),
+        )
+        .route("/v1/audit/purge", post(audit_retention::purge))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()
@@ -154,7 +167,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/auth/oidc/callback", post(login::oidc_callback))
         .route("/v1/auth/oidc/device", post(login::device_start))
         .route("/v1/auth/oidc/device/poll", post(login::device_poll))
-        .route("/v1/openapi.json", get(openapi));
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::serve_metrics));
 
     Router::new()
         .merge(public)
@@ -162,6 +176,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(metrics::track_requests))
         .layer(middleware::from_fn(auth::request_id))
         .with_state(state)
 }

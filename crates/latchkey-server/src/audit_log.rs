@@ -23,6 +23,7 @@ use latchkey_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::audit_sinks::Feed;
 use crate::keyring::RootCell;
 
 /// Maximum records in one batch; the rest wait for the next commit.
@@ -134,6 +135,7 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     last_seq: Arc<AtomicU64>,
     keys: Arc<Keys>,
+    feed: Feed,
 }
 
 impl AuditLog {
@@ -154,7 +156,9 @@ impl AuditLog {
             root,
             signer: RwLock::new(None),
         });
+        let feed = Feed::default();
         let writer = Writer {
+            feed: feed.clone(),
             store,
             head,
             healthy: Arc::clone(&healthy),
@@ -170,6 +174,7 @@ impl AuditLog {
             healthy,
             last_seq,
             keys,
+            feed,
         })
     }
 
@@ -191,6 +196,11 @@ impl AuditLog {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// Returns the feed that passes committed events to the streaming sinks.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Returns the audit signing key, opening (or, the first time, creating) it.
@@ -219,6 +229,7 @@ async fn load_head(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
 }
 
 struct Writer {
+    feed: Feed,
     store: Arc<dyn Store>,
     head: (u64, [u8; 32]),
     healthy: Arc<AtomicBool>,
@@ -257,6 +268,7 @@ impl Writer {
     /// stored head. The batch is then chained again onto the new head, so the nodes share
     /// one chain.
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
+        let started = Instant::now();
         let mut attempt = 0;
         let (events, seq, prev, result) = loop {
             let mut events = Vec::with_capacity(batch.len());
@@ -281,12 +293,14 @@ impl Writer {
 
         match result {
             Ok(()) => {
+                crate::metrics::METRICS.audit_batch(events.len(), started.elapsed());
                 self.head = (seq, prev);
                 self.last_seq.store(seq, Ordering::Relaxed);
                 self.healthy.store(true, Ordering::Relaxed);
                 for (pending, event) in batch.drain(..).zip(&events) {
                     let _ = pending.done.send(Ok(event.seq));
                 }
+                self.feed.publish(&events);
                 if self.unsigned_since.is_none() {
                     self.unsigned_since = Some(Instant::now());
                 }

@@ -67,11 +67,14 @@ impl TokenCache {
 
     /// Returns a cached entry younger than [`TOKEN_CACHE_LIFETIME`].
     fn get(&self, hash: &[u8; 32]) -> Option<Arc<CachedToken>> {
-        self.entries
+        let entry = self
+            .entries
             .read()
             .ok()
             .and_then(|e| e.map.get(hash).cloned())
-            .filter(|entry| entry.loaded_at.elapsed() < TOKEN_CACHE_LIFETIME)
+            .filter(|entry| entry.loaded_at.elapsed() < TOKEN_CACHE_LIFETIME);
+        crate::metrics::METRICS.token_lookup(entry.is_some());
+        entry
     }
 
     fn generation(&self) -> u64 {

@@ -80,6 +80,11 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// Sign a checkpoint when an unsigned event is this old, such as `60s`; at least `1s`.
     pub checkpoint_interval: String,
+    /// Streaming copies of the log (`[[audit.sinks]]`).
+    #[serde(default)]
+    pub sinks: Vec<crate::audit_sinks::SinkConfig>,
+    /// Age after which events may be purged, such as `400d`; unset keeps every event.
+    pub retention: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -87,11 +92,31 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: "60s".into(),
+            sinks: Vec::new(),
+            retention: None,
         }
     }
 }
 
 impl AuditConfig {
+    /// Parses `retention`.
+    ///
+    /// # Errors
+    /// A message naming the value when it is not a duration of at least one second.
+    pub fn retention(&self) -> Result<Option<(String, std::time::Duration)>, String> {
+        let Some(text) = &self.retention else {
+            return Ok(None);
+        };
+        let period = latchkey_core::duration::parse_duration(text)
+            .map_err(|e| format!("`audit.retention`: {e}"))?;
+        if period.as_secs() == 0 {
+            return Err(format!(
+                "`audit.retention` `{text}` is under one second; give a period such as `400d`"
+            ));
+        }
+        Ok(Some((text.clone(), period)))
+    }
+
     /// Converts these values to checkpoint settings.
     ///
     /// # Errors
@@ -168,6 +193,8 @@ impl ServerConfig {
             },
         )
         .map_err(invalid)?;
+        crate::audit_sinks::check_all(&config.audit.sinks).map_err(invalid)?;
+        config.audit.retention().map_err(invalid)?;
         Ok(config)
     }
 }

@@ -1,8 +1,11 @@
 //! The Latchkey HTTP server: an axum application over a [`latchkey_store::Store`].
 
+pub mod access_report;
 pub mod app;
 pub mod audit_api;
 pub mod audit_log;
+pub mod audit_retention;
+pub mod audit_sinks;
 pub mod auth;
 pub mod config;
 pub mod connectors;
@@ -12,6 +15,7 @@ pub mod identity;
 pub mod jobs;
 pub mod keyring;
 pub mod login;
+pub mod metrics;
 pub mod policies;
 pub mod sealing;
 pub mod secrets;

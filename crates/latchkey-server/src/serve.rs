@@ -75,6 +75,7 @@ fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
         settings.max_body_bytes = config.limits.max_body_bytes;
         settings.audit_checkpoints = config.audit.checkpoints().map_err(anyhow::Error::msg)?;
         settings.auth = config.auth.clone();
+        settings.audit_retention = config.audit.retention().map_err(anyhow::Error::msg)?;
     }
     Ok(settings)
 }
@@ -230,6 +231,13 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         .or_else(|| options.config.as_ref().and_then(|c| c.storage.clone()));
     let store = open_store(storage_url.as_deref(), &data_dir).await?;
     let state = Arc::new(AppState::new(store, settings_from(&options)?).await?);
+    if let Some(config) = &options.config {
+        let sinks =
+            crate::audit_sinks::check_all(&config.audit.sinks).map_err(anyhow::Error::msg)?;
+        let node = uuid::Uuid::new_v4().to_string();
+        crate::audit_sinks::start(Arc::clone(&state.store), state.audit.feed(), sinks, &node)
+            .map_err(anyhow::Error::msg)?;
+    }
 
     let listener = std::net::TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on `{}`", options.listen))?;

@@ -29,6 +29,8 @@ pub struct Settings {
     pub audit_checkpoints: CheckpointSettings,
     /// Identity connectors from the config file (`[auth]`).
     pub auth: AuthConfig,
+    /// `[audit] retention` as written and parsed; None keeps every event.
+    pub audit_retention: Option<(String, std::time::Duration)>,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             audit_checkpoints: CheckpointSettings::default(),
             auth: AuthConfig::default(),
+            audit_retention: None,
         }
     }
 }

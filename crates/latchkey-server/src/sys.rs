@@ -28,13 +28,16 @@ pub const ROOT_PRINCIPAL_ID: &str = "prn_root";
 #[derive(Serialize, ToSchema)]
 pub struct HealthResponse {
     /// `ok`, `storage_unavailable` (the database cannot be reached), `uninitialized`,
-    /// `sealed` or `degraded` (the audit log cannot be written).
+    /// `sealed` or `degraded` (the audit log cannot be written), all but `ok` with status
+    /// 503. `sink_degraded` (status 200): the server works, but a streaming sink is failing.
     pub status: String,
     pub storage_reachable: bool,
     pub initialized: bool,
     pub sealed: bool,
     pub audit_writable: bool,
     pub audit_last_seq: u64,
+    /// Streaming copies of the audit log and their state.
+    pub audit_sinks: Vec<crate::audit_sinks::SinkHealth>,
     pub version: String,
 }
 
@@ -242,6 +245,8 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
     let initialized = matches!(seal_config, Ok(Some(_)));
     let sealed = state.keyring.is_sealed();
     let audit_writable = state.audit.is_healthy();
+    let audit_sinks = state.audit.feed().health();
+    let sink_degraded = audit_sinks.iter().any(|s| s.state == "degraded");
     let status = if !storage_reachable {
         "storage_unavailable"
     } else if !initialized {
@@ -250,10 +255,14 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         "sealed"
     } else if !audit_writable {
         "degraded"
+    } else if sink_degraded {
+        // A failing copy must not take the server out of a load balancer's rotation: the
+        // primary log still records every request.
+        "sink_degraded"
     } else {
         "ok"
     };
-    let code = if status == "ok" {
+    let code = if matches!(status, "ok" | "sink_degraded") {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -267,6 +276,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
             sealed,
             audit_writable,
             audit_last_seq: state.audit.last_seq(),
+            audit_sinks,
             version: env!("CARGO_PKG_VERSION").into(),
         }),
     )

@@ -6,12 +6,16 @@
 
 mod model;
 mod postgres;
+mod postgres_upkeep;
 mod sqlite;
+mod sqlite_upkeep;
 pub mod transfer;
+mod upkeep;
 
 pub use model::*;
 pub use postgres::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
+pub use upkeep::{AuditUpkeep, ExportRow, SinkCursorRow};
 
 use std::time::Duration;
 
@@ -64,9 +68,10 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Persistent state of one Latchkey deployment.
+/// Persistent state of one Latchkey deployment. Audit upkeep (sink cursors, exports,
+/// purging) is in the [`AuditUpkeep`] supertrait.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuditUpkeep + Send + Sync + 'static {
     /// Returns the stored seal configuration (JSON written by the server at init).
     async fn seal_config(&self) -> StoreResult<Option<String>>;
     /// Stores the seal configuration, the root principal and the root token in one

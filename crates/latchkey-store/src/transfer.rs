@@ -187,6 +187,29 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "audit_sink_cursors",
+        columns: &[
+            col("name", Text),
+            col("seq", Integer),
+            col("owner", Text),
+            col("lease_until", Integer),
+            col("updated_at", Integer),
+        ],
+    },
+    Table {
+        name: "audit_exports",
+        columns: &[
+            col("id", Integer),
+            col("first_seq", Integer),
+            col("last_seq", Integer),
+            col("events", Integer),
+            col("sha256", Text),
+            col("file_name", Text),
+            col("recorded_at", Integer),
+            col("recorded_by", Text),
+        ],
+    },
+    Table {
         name: "job_leases",
         columns: &[
             col("job", Text),
@@ -195,6 +218,9 @@ pub const TABLES: &[Table] = &[
         ],
     },
 ];
+
+/// Columns that PostgreSQL fills from a sequence (`BIGSERIAL`), as (table, column).
+const SERIAL_COLUMNS: &[(&str, &str)] = &[("audit_exports", "id")];
 
 /// Tables that belong to one database and are never copied: the migration ledger, which
 /// the destination writes for itself when it is opened.
@@ -451,6 +477,15 @@ pub async fn copy_to_postgres(
             });
         }
         tables.push((table.name, u64::try_from(total).unwrap_or(0)));
+    }
+    // Rows were copied with their ids, so the identity sequences must continue after them.
+    for (table, column) in SERIAL_COLUMNS {
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
+             COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+        ))
+        .execute(&mut *tx)
+        .await?;
     }
 
     let events = tables

@@ -605,6 +605,114 @@ async fn append_audit_rejects_a_batch_that_does_not_continue_the_head(store: &dy
 }
 
 /// Names sort by their bytes, as SQLite's default collation does, whatever the database's.
+async fn sink_lease_admits_one_node_at_a_time(store: &dyn Store) {
+    assert_eq!(
+        store
+            .claim_sink("siem", "node-a", 100, 130, 7)
+            .await
+            .unwrap(),
+        Some(7),
+        "a new sink starts at the initial cursor"
+    );
+    assert_eq!(
+        store
+            .claim_sink("siem", "node-b", 120, 150, 0)
+            .await
+            .unwrap(),
+        None,
+        "another node waits while the lease is live"
+    );
+    assert!(
+        store
+            .advance_sink("siem", "node-a", 42, 125, 155)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_sink("siem", "node-b", 99, 126, 156)
+            .await
+            .unwrap(),
+        "a node without the lease cannot move the cursor"
+    );
+    assert!(
+        store
+            .advance_sink("siem", "node-a", 30, 127, 157)
+            .await
+            .unwrap(),
+        "the owner may renew"
+    );
+    let cursors = store.sink_cursors().await.unwrap();
+    assert_eq!(cursors.len(), 1);
+    assert_eq!(cursors[0].seq, 42, "the cursor never moves backward");
+    assert_eq!(cursors[0].owner, "node-a");
+    assert_eq!(cursors[0].lease_until, 157);
+
+    assert_eq!(
+        store
+            .claim_sink("siem", "node-b", 158, 188, 0)
+            .await
+            .unwrap(),
+        Some(42),
+        "an expired lease passes to another node with the stored cursor"
+    );
+    assert!(
+        !store
+            .advance_sink("siem", "node-a", 50, 159, 189)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.sink_cursors().await.unwrap()[0].owner, "node-b");
+}
+
+async fn exports_are_recorded_in_order(store: &dyn Store) {
+    assert!(store.exports().await.unwrap().is_empty());
+    let mut export = latchkey_store::ExportRow {
+        id: 0,
+        first_seq: 1,
+        last_seq: 500,
+        events: 500,
+        sha256: "ab".repeat(32),
+        file_name: "audit-2026-01.jsonl".into(),
+        recorded_at: 1000,
+        recorded_by: r#"User::"root""#.into(),
+    };
+    let first = store.record_export(&export).await.unwrap();
+    export.first_seq = 501;
+    export.last_seq = 900;
+    let second = store.record_export(&export).await.unwrap();
+    assert!(second > first);
+    let stored = store.exports().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].id, first);
+    assert_eq!((stored[0].first_seq, stored[0].last_seq), (1, 500));
+    assert_eq!((stored[1].first_seq, stored[1].last_seq), (501, 900));
+    assert_eq!(stored[1].file_name, "audit-2026-01.jsonl");
+}
+
+async fn purge_keeps_the_head_and_later_events(store: &dyn Store) {
+    assert_eq!(store.audit_first_seq().await.unwrap(), None);
+    let events = continue_chain(None, 20, "purge");
+    store.append_audit(&events).await.unwrap();
+    assert_eq!(store.audit_first_seq().await.unwrap(), Some(1));
+
+    assert_eq!(store.purge_audit_before(11).await.unwrap(), 10);
+    assert_eq!(store.audit_first_seq().await.unwrap(), Some(11));
+    assert_eq!(store.audit_events(0, 100).await.unwrap()[0], events[10]);
+
+    assert_eq!(
+        store.purge_audit_before(1000).await.unwrap(),
+        9,
+        "the newest event survives any bound"
+    );
+    assert_eq!(store.audit_first_seq().await.unwrap(), Some(20));
+    let head = store.audit_head().await.unwrap().unwrap();
+    assert_eq!(head, (20, events[19].hash.clone()));
+    let more = continue_chain(Some(&head), 1, "after");
+    store.append_audit(&more).await.unwrap();
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, 21);
+}
+
 async fn lists_sort_names_by_bytes(store: &dyn Store) {
     let names = ["b", "B", "a", "_x", "\u{e9}", "Z", "a b", "ab"];
     let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -1106,6 +1214,9 @@ mod sqlite_backend {
             .unwrap();
         super::concurrent_holders_never_share_work(&a, &b).await;
     }
+    sqlite_case!(sink_lease_admits_one_node_at_a_time);
+    sqlite_case!(exports_are_recorded_in_order);
+    sqlite_case!(purge_keeps_the_head_and_later_events);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -1289,6 +1400,9 @@ mod postgres_backend {
         })
         .await;
     }
+    postgres_case!(sink_lease_admits_one_node_at_a_time);
+    postgres_case!(exports_are_recorded_in_order);
+    postgres_case!(purge_keeps_the_head_and_later_events);
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {

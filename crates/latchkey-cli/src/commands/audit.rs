@@ -105,6 +105,13 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Delete events past `[audit] retention` that a recorded export covers, up to a
+    /// signed checkpoint. Shows the plan only, unless `--yes` is given.
+    Purge {
+        /// Delete the events instead of only showing what would be deleted.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the public key that verifies checkpoints, or write it to a file.
     Key {
         /// Write the key as JSON to this file.
@@ -385,6 +392,34 @@ fn start_for(first: Option<&AuditEvent>) -> ChainVerifier {
     first.map_or_else(ChainVerifier::new, ChainVerifier::continuing)
 }
 
+/// Returns the first stored event when retention purged the ones before it. Such a log
+/// verifies from that event only when a signed checkpoint sits exactly on it, because the
+/// checkpoint's signature then covers the event's hash and with it the `prev_hash` link to
+/// the purged events. Without one, the missing start is a break at sequence 1.
+async fn purged_start(
+    client: &Client,
+    checkpoints: &[Checkpoint],
+) -> CliResult<Option<AuditEvent>> {
+    let first = page(client, 0, 1, &Filters::default()).await?;
+    let Some(event) = first.events.into_iter().next() else {
+        return Ok(None);
+    };
+    if event.seq <= 1 {
+        return Ok(None);
+    }
+    if !checkpoints.iter().any(|c| c.seq == event.seq) {
+        return Err(CliError {
+            exit_code: EXIT_ERROR,
+            message: format!(
+                "audit chain broken at sequence 1: events 1..{} are missing and no signed checkpoint anchors sequence {}",
+                event.seq - 1,
+                event.seq
+            ),
+        });
+    }
+    Ok(Some(event))
+}
+
 async fn verify(
     file: Option<PathBuf>,
     public_key: Option<PathBuf>,
@@ -450,7 +485,13 @@ async fn verify(
             // Checkpoints first: each was stored after its event, so every one of them must
             // lie within the events read next.
             let checkpoints = all_checkpoints(&client).await?;
-            let mut check = match AuditVerifier::new(&key, ChainVerifier::new(), checkpoints) {
+            let start = purged_start(&client, &checkpoints).await?;
+            let after = start.as_ref().map_or(0, |event| event.seq - 1);
+            let chain = match &start {
+                Some(first) => ChainVerifier::continuing(first),
+                None => ChainVerifier::new(),
+            };
+            let mut check = match AuditVerifier::new(&key, chain, checkpoints) {
                 Ok(v) => Some(Check::Signed(v)),
                 Err(error) => {
                     first_break = Some(error);
@@ -458,7 +499,7 @@ async fn verify(
                 }
             };
             if let Some(c) = check.as_mut() {
-                each_event(&client, 0, |event| {
+                each_event(&client, after, |event| {
                     if let Err(error) = c.push(event) {
                         first_break = Some(error);
                         return Ok(false);
@@ -559,6 +600,8 @@ async fn export(
         writeln!(writer, "{CSV_HEADER}")?;
     }
     let mut next_checkpoint = checkpoints.iter().peekable();
+    let mut first: Option<(u64, String)> = None;
+    let mut last: Option<(u64, String)> = None;
     let count = each_event(&client, start_after, |event| {
         if until
             .as_deref()
@@ -566,6 +609,10 @@ async fn export(
         {
             return Ok(false);
         }
+        if first.is_none() {
+            first = Some((event.seq, event.hash.clone()));
+        }
+        last = Some((event.seq, event.hash.clone()));
         match file_format {
             ExportFormat::Csv => writeln!(writer, "{}", csv_row(event))?,
             ExportFormat::Jsonl => {
@@ -585,8 +632,117 @@ async fn export(
     })
     .await?;
     writer.flush()?;
-    if output.is_some() {
-        eprintln!("exported {count} events");
+    drop(writer);
+    let Some(path) = output else {
+        return Ok(0);
+    };
+    eprintln!("exported {count} events");
+    match (file_format, first, last) {
+        (ExportFormat::Jsonl, Some(first), Some(last)) => {
+            record_export(&client, &path, first, last).await?;
+        }
+        (ExportFormat::Csv, Some(_), Some(_)) => eprintln!(
+            "lk: a CSV export has no checkpoints, so it is not recorded for retention; export JSON Lines for that"
+        ),
+        _ => {}
+    }
+    Ok(0)
+}
+
+/// Makes the written export durable, then records it on the server with its SHA-256 and
+/// the hashes of its first and last events, so that retention may purge what it covers.
+async fn record_export(
+    client: &Client,
+    path: &Path,
+    first: (u64, String),
+    last: (u64, String),
+) -> CliResult<()> {
+    let cannot =
+        |e: std::io::Error| CliError::other(format!("cannot sync `{}`: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    file.sync_all().map_err(cannot)?;
+
+    let mut reader = std::io::BufReader::new(file);
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    loop {
+        let chunk = reader.fill_buf().map_err(cannot)?;
+        if chunk.is_empty() {
+            break;
+        }
+        digest.update(chunk);
+        let used = chunk.len();
+        reader.consume(used);
+    }
+    let sha256: String = digest
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let body = serde_json::json!({
+        "first_seq": first.0, "last_seq": last.0, "events": last.0 - first.0 + 1,
+        "sha256": sha256, "file_name": file_name, "first_hash": first.1, "last_hash": last.1,
+    });
+    let recorded: serde_json::Value = client.post(&["v1", "audit", "exports"], &body).await?;
+    eprintln!(
+        "recorded export {} of events {}..{} (sha256 {sha256})",
+        recorded["id"], first.0, last.0
+    );
+    Ok(())
+}
+
+async fn purge(yes: bool, format: Format) -> CliResult<i32> {
+    let client = Client::from_env()?;
+    let plan: serde_json::Value = client
+        .post(
+            &["v1", "audit", "purge"],
+            &serde_json::json!({ "dry_run": !yes }),
+        )
+        .await?;
+    if format == Format::Json {
+        output::json(&plan);
+        return Ok(0);
+    }
+    let number = |key: &str| plan[key].as_u64().unwrap_or(0);
+    println!(
+        "retention {} (events before {} are past it)",
+        crate::commands::text(&plan, "retention"),
+        crate::commands::text(&plan, "cutoff")
+    );
+    println!(
+        "stored events {}..{}; purgeable below: age {}, exports {}, sinks {}",
+        number("first_seq"),
+        number("head_seq"),
+        number("age_bound"),
+        number("export_bound"),
+        number("sink_bound")
+    );
+    if number("events") == 0 {
+        println!(
+            "nothing to purge; limited by {}",
+            crate::commands::text(&plan, "limited_by")
+        );
+    } else if yes {
+        println!(
+            "purged {} events; the log now starts at the signed checkpoint {}",
+            number("events"),
+            number("purge_before")
+        );
+    } else {
+        println!(
+            "would purge {} events ({}..{}), keeping the signed checkpoint {}; limited by {}",
+            number("events"),
+            number("first_seq"),
+            number("purge_before").saturating_sub(1),
+            number("purge_before"),
+            crate::commands::text(&plan, "limited_by")
+        );
+        println!("run `lk audit purge --yes` to delete them");
     }
     Ok(0)
 }
@@ -666,6 +822,7 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
             }
             Ok(0)
         }
+        AuditCommand::Purge { yes } => purge(yes, format).await,
         AuditCommand::Key { output } => {
             let client = Client::from_env()?;
             let key: PublicKeyFile = client.get(&["v1", "audit", "key"]).await?;

@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod operator;
 pub mod policy;
 pub mod read;
+pub mod report;
 pub mod resolve;
 pub mod run;
 pub mod secret;

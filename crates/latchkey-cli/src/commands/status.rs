@@ -5,7 +5,8 @@ use crate::commands::text;
 use crate::error::{CliError, CliResult};
 use crate::output::{self, Format};
 
-/// Prints the server's state; fails with the "unavailable" exit code unless it is `ok`.
+/// Prints the server's state; fails with the "unavailable" exit code unless it is `ok` or
+/// `sink_degraded`.
 pub async fn run(format: Format) -> CliResult<()> {
     let client = Client::from_env()?;
     let (_, health) = client.get_any_status(&["v1", "sys", "health"]).await?;
@@ -40,7 +41,21 @@ pub async fn run(format: Format) -> CliResult<()> {
             text(&health, "audit_last_seq")
         );
     }
-    if text(&health, "status") != "ok" {
+    for sink in health["audit_sinks"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "audit sink:   {} ({}) {}, delivered to sequence {}",
+            text(sink, "name"),
+            text(sink, "type"),
+            text(sink, "state"),
+            text(sink, "cursor")
+        );
+        if let Some(error) = sink["last_error"].as_str() {
+            line.push_str(&format!(": {error}"));
+        }
+        println!("{line}");
+    }
+    // A failing streaming sink leaves the server fully usable, so it is shown, not fatal.
+    if !matches!(text(&health, "status").as_str(), "ok" | "sink_degraded") {
         return Err(CliError {
             exit_code: crate::error::EXIT_UNAVAILABLE,
             message: format!("the server is not ready: {}", text(&health, "status")),
