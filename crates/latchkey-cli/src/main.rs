@@ -78,6 +78,16 @@ enum Command {
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let format = cli.format;
+    let writes_files = matches!(
+        cli.command,
+        Command::Report(_) | Command::Audit(commands::audit::AuditCommand::Export { .. })
+    );
+    if !format.is_output() && !writes_files {
+        return Err(CliError::usage(format!(
+            "`--format {}` is for `lk audit export` (jsonl, csv) and `lk report access` (md, csv, html); this command prints table or json",
+            format.name()
+        )));
+    }
     match cli.command {
         Command::Server(args) => commands::server::run(args).await.map(|_| 0),
         Command::Status => commands::status::run(format).await.map(|_| 0),
@@ -95,7 +105,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
         Command::Audit(command) => commands::audit::run(command, format).await,
         Command::Auth(command) => commands::auth::run(command, format).await.map(|_| 0),
-        Command::Report(command) => commands::report::run(command).await.map(|_| 0),
+        Command::Report(command) => commands::report::run(command, format).await.map(|_| 0),
     }
 }
 

@@ -4,11 +4,35 @@ use std::io::Write;
 
 use clap::ValueEnum;
 
+/// The global `--format`. Most commands print a table or JSON; `lk audit export` also
+/// writes JSON Lines or CSV, and `lk report access` Markdown, CSV or HTML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     #[default]
     Table,
     Json,
+    Jsonl,
+    Csv,
+    Md,
+    Html,
+}
+
+impl Format {
+    /// True for the formats every command prints: a table or JSON.
+    pub fn is_output(self) -> bool {
+        matches!(self, Format::Table | Format::Json)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+            Format::Md => "md",
+            Format::Html => "html",
+        }
+    }
 }
 
 /// Prints rows as aligned columns under a header.

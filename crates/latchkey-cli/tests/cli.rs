@@ -2590,7 +2590,7 @@ fn export_purge_and_verify_after_retention() {
         "access",
         "--since",
         "1h",
-        "--file-format",
+        "--format",
         "html",
         "-o",
         report.to_str().unwrap(),

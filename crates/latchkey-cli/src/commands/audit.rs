@@ -78,9 +78,9 @@ pub enum AuditCommand {
         /// End of the range (exclusive), written like `--since`.
         #[arg(long)]
         until: Option<String>,
-        /// File format. (`--format` is the global output format of every command.)
-        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
-        file_format: ExportFormat,
+        /// File format (default jsonl); `--format jsonl|csv` says the same.
+        #[arg(long, value_enum)]
+        file_format: Option<ExportFormat>,
     },
     /// Find events by principal, resource prefix, action, outcome and time.
     Search {
@@ -784,7 +784,20 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
             since,
             until,
             file_format,
-        } => export(output, since, until, file_format).await,
+        } => {
+            let file_format = match (file_format, format) {
+                (Some(chosen), _) => chosen,
+                (None, Format::Table | Format::Jsonl) => ExportFormat::Jsonl,
+                (None, Format::Csv) => ExportFormat::Csv,
+                (None, other) => {
+                    return Err(CliError::usage(format!(
+                        "`lk audit export` writes jsonl or csv, not `--format {}`",
+                        other.name()
+                    )));
+                }
+            };
+            export(output, since, until, file_format).await
+        }
         AuditCommand::Verify { file, public_key } => verify(file, public_key, format).await,
         AuditCommand::Search {
             principal,

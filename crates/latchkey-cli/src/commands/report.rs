@@ -8,6 +8,7 @@ use latchkey_server::access_report::AccessReport;
 
 use crate::client::Client;
 use crate::error::{CliError, CliResult};
+use crate::output::Format;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
@@ -30,22 +31,34 @@ pub enum ReportCommand {
         /// End of the period (exclusive), written like `--since`; now by default.
         #[arg(long)]
         until: Option<String>,
-        /// Report format. (`--format` is the global output format of every command.)
-        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
-        file_format: ReportFormat,
+        /// Report format (default md); `--format md|csv|html` says the same.
+        #[arg(long, value_enum)]
+        file_format: Option<ReportFormat>,
         /// Output file; standard output when omitted.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
 }
 
-pub async fn run(command: ReportCommand) -> CliResult<()> {
+pub async fn run(command: ReportCommand, format: Format) -> CliResult<()> {
     let ReportCommand::Access {
         since,
         until,
         file_format,
         output,
     } = command;
+    let file_format = match (file_format, format) {
+        (Some(chosen), _) => chosen,
+        (None, Format::Table | Format::Md) => ReportFormat::Md,
+        (None, Format::Csv) => ReportFormat::Csv,
+        (None, Format::Html) => ReportFormat::Html,
+        (None, other) => {
+            return Err(CliError::usage(format!(
+                "`lk report access` writes md, csv or html, not `--format {}`",
+                other.name()
+            )));
+        }
+    };
     let client = Client::from_env()?;
     let mut url = client.url(&["v1", "reports", "access"])?;
     {
