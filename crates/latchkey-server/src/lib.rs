@@ -10,6 +10,7 @@ pub mod extract;
 pub mod keyring;
 pub mod policies;
 pub mod sealing;
+pub mod secret_cache;
 pub mod secrets;
 pub mod serve;
 pub mod state;

@@ -13,6 +13,7 @@ use crate::audit_log::{AuditLog, CheckpointSettings};
 use crate::auth::{Caller, TokenCache};
 use crate::error::{ApiError, ApiResult};
 use crate::keyring::Keyring;
+use crate::secret_cache::SecretCache;
 
 /// Server-wide settings that handlers read.
 #[derive(Clone, Debug)]
@@ -46,6 +47,7 @@ pub struct AppState {
     /// SHA-256 over the stored policies the engine was built from.
     policy_fingerprint: std::sync::Mutex<[u8; 32]>,
     pub tokens: TokenCache,
+    pub secret_cache: SecretCache,
     pub audit: AuditLog,
     pub settings: Settings,
 }
@@ -68,6 +70,7 @@ impl AppState {
             policies: RwLock::new(Arc::new(engine)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint),
             tokens: TokenCache::default(),
+            secret_cache: SecretCache::default(),
             audit,
             settings,
         })
