@@ -95,14 +95,14 @@ class Api:
         return None
 
 
-def run_parallel(what, jobs, concurrency):
+def run_parallel(label, jobs, concurrency):
     started = time.monotonic()
     done = 0
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for _ in pool.map(lambda job: job(), jobs):
             done += 1
             if done % 20000 == 0:
-                print(f"  {what}: {done}", file=sys.stderr, flush=True)
+                print(f"  {label}: {done}", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - started
     return done, elapsed
 
@@ -214,7 +214,8 @@ def summarize(args):
         return None if e is None else e[key]
 
     def ratio(a, b):
-        return None if a is None or b is None or b == 0 else round(a / b, 2)
+        # Three decimals, so that a ratio just over a bound is not rounded onto it.
+        return None if a is None or b is None or b == 0 else round(a / b, 3)
 
     unavailable = extra.get("unavailable", {})
     ratios = {
