@@ -18,6 +18,7 @@ pub mod login;
 pub mod metrics;
 pub mod policies;
 pub mod sealing;
+pub mod secret_cache;
 pub mod secrets;
 pub mod serve;
 pub mod state;

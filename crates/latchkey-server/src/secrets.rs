@@ -1,6 +1,7 @@
 //! Secrets: versioned sets of fields, sealed under their vault's data key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -169,6 +170,46 @@ fn reference_text(vault: &str, secret: &str) -> String {
     .to_string()
 }
 
+/// Loads a vault for `action` on its secret `secret_name`, from the cache when it contains a
+/// fresh copy.
+async fn cached_vault(
+    state: &SharedState,
+    ctx: &RequestCtx,
+    vault_name: &str,
+    secret_name: &str,
+    action: Action,
+) -> ApiResult<VaultRow> {
+    if let Some(row) = state.secret_cache.vault(vault_name) {
+        return Ok((*row).clone());
+    }
+    let generation = state.secret_cache.generation();
+    let row = load_vault(state, ctx, vault_name, Some(secret_name), action).await?;
+    state
+        .secret_cache
+        .insert_vault(Arc::new(row.clone()), generation);
+    Ok(row)
+}
+
+/// Loads a secret by vault and name, from the cache when it contains a fresh copy. A missing
+/// secret is not cached, so one created meanwhile is found on the next read.
+async fn cached_secret(
+    state: &SharedState,
+    vault: &VaultRow,
+    secret_name: &str,
+) -> ApiResult<Option<SecretRow>> {
+    if let Some(row) = state.secret_cache.secret(&vault.id, secret_name) {
+        return Ok(Some((*row).clone()));
+    }
+    let generation = state.secret_cache.generation();
+    let row = state.store.secret_by_name(&vault.id, secret_name).await?;
+    if let Some(row) = &row {
+        state
+            .secret_cache
+            .insert_secret(Arc::new(row.clone()), generation);
+    }
+    Ok(row)
+}
+
 /// Loads a vault and one of its secrets, deciding `action` on the secret. A missing secret
 /// is a 404 only for callers allowed `action` on a secret of that name.
 async fn authorize_secret(
@@ -179,8 +220,8 @@ async fn authorize_secret(
     action: Action,
 ) -> ApiResult<(VaultRow, SecretRow)> {
     validate_name("secret", secret_name)?;
-    let vault = load_vault(state, ctx, vault_name, Some(secret_name), action).await?;
-    let secret = state.store.secret_by_name(&vault.id, secret_name).await?;
+    let vault = cached_vault(state, ctx, vault_name, secret_name, action).await?;
+    let secret = cached_secret(state, &vault, secret_name).await?;
     let tags = secret.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
     state.authorize(
         ctx,
@@ -197,27 +238,39 @@ async fn authorize_secret(
     Ok((vault, secret))
 }
 
-/// Opens one version of a secret.
+/// Opens one version of a secret. Versions never change once written, so a cached one is
+/// used whatever its age.
 async fn open_version(
     state: &SharedState,
     vault: &VaultRow,
     secret: &SecretRow,
     version: Option<u32>,
-) -> ApiResult<(SecretVersionRow, Vec<Field>)> {
+) -> ApiResult<(Arc<SecretVersionRow>, Vec<Field>)> {
     let number = version.unwrap_or(secret.current_version);
     if number == 0 {
         return Err(ApiError::bad_request("`version` starts at 1"));
     }
-    let row = state
-        .store
-        .secret_version(&secret.id, number)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "version {number} of secret `{}` not found; the latest is {}",
-                secret.name, secret.current_version
-            ))
-        })?;
+    let row = match state.secret_cache.version(&secret.id, number) {
+        Some(row) => row,
+        None => {
+            let generation = state.secret_cache.generation();
+            let row = state
+                .store
+                .secret_version(&secret.id, number)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "version {number} of secret `{}` not found; the latest is {}",
+                        secret.name, secret.current_version
+                    ))
+                })?;
+            let row = Arc::new(row);
+            state
+                .secret_cache
+                .insert_version(Arc::clone(&row), generation);
+            row
+        }
+    };
     let key = vault_key(state, vault)?;
     let fields = open_fields(&key, &vault.id, &secret.id, number, &row.ciphertext)
         .map_err(ApiError::internal)?;
@@ -360,10 +413,15 @@ pub async fn put_secret(
     };
     // A concurrent write to the same secret makes this one fail with 409 rather than retry,
     // so the version recorded in the audit event is the version written.
-    state
+    let written = state
         .store
         .put_secret_version(existing.as_ref(), &secret, &row)
-        .await?;
+        .await;
+    // Also after a conflict: another server changed the secret, so the cached row is stale.
+    state
+        .secret_cache
+        .invalidate_secret(&vault.id, &secret.name, &secret.id);
+    written?;
     tracing::info!(vault = %vault.name, secret.id = %secret.id, version, "secret version written");
 
     Ok(Json(PutSecretResponse {
@@ -546,7 +604,11 @@ pub async fn delete_secret(
     let (_vault, secret) =
         authorize_secret(&state, &ctx, &vault_name, &secret_name, Action::Delete).await?;
     state.commit_audit(&ctx).await?;
-    state.store.delete_secret(&secret.id).await?;
+    let deleted = state.store.delete_secret(&secret.id).await;
+    state
+        .secret_cache
+        .invalidate_secret(&secret.vault_id, &secret.name, &secret.id);
+    deleted?;
     tracing::info!(secret.id = %secret.id, "secret deleted");
     Ok(StatusCode::NO_CONTENT)
 }

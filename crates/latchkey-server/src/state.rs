@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::identity::{AuthConfig, Identity, TokenLimits};
 use crate::keyring::Keyring;
 use crate::login::FailureLimiter;
+use crate::secret_cache::SecretCache;
 
 /// Server-wide settings that handlers read.
 #[derive(Clone, Debug)]
@@ -54,6 +55,7 @@ pub struct AppState {
     /// SHA-256 over the stored policies the engine was built from.
     policy_fingerprint: std::sync::Mutex<[u8; 32]>,
     pub tokens: TokenCache,
+    pub secret_cache: SecretCache,
     pub audit: AuditLog,
     pub identity: Identity,
     pub login_failures: FailureLimiter,
@@ -86,6 +88,7 @@ impl AppState {
             policies: RwLock::new(Arc::new(engine)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint),
             tokens: TokenCache::default(),
+            secret_cache: SecretCache::default(),
             audit,
             identity,
             login_failures: FailureLimiter::default(),

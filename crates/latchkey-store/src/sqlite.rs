@@ -68,6 +68,14 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Starts a write transaction with `BEGIN IMMEDIATE`, which takes the write lock at
+    /// once and waits for it under the busy timeout. A plain deferred `BEGIN` that reads
+    /// before it writes fails with "database is locked" when another connection commits
+    /// in between, because SQLite cannot upgrade a stale read snapshot and does not retry.
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Returns the underlying pool, for tests that need to reach under the Store trait.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -236,7 +244,7 @@ impl Store for SqliteStore {
         root: &PrincipalRow,
         root_token: &TokenRow,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted =
             sqlx::query("INSERT INTO meta (key, value) VALUES ('seal', ?) ON CONFLICT DO NOTHING")
                 .bind(seal_config)
@@ -326,7 +334,7 @@ impl Store for SqliteStore {
         secret: &SecretRow,
         version: &SecretVersionRow,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let changed = match expected {
             None => {
                 let result = sqlx::query(
@@ -420,7 +428,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_secret(&self, secret_id: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM secret_versions WHERE secret_id = ?")
             .bind(secret_id)
             .execute(&mut *tx)
@@ -434,7 +442,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_principal(&self, principal: &PrincipalRow) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "INSERT INTO principals (id, kind, name, active, created_at) VALUES (?, ?, ?, ?, ?)",
         )
@@ -501,7 +509,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_groups(&self, principal_id: &str, groups: &[String]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM group_members WHERE principal_id = ?")
             .bind(principal_id)
             .execute(&mut *tx)
@@ -520,7 +528,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_policy(&self, name: &str, text: &str, now: i64) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existed = sqlx::query("SELECT 1 FROM policies WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -714,7 +722,7 @@ impl Store for SqliteStore {
         };
         // IMMEDIATE takes the write lock before the head is read, so no other connection can
         // append between the check and the insert.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         crate::check_continues_head(audit_head(&mut *tx).await?, first)?;
         for chunk in events.chunks(AUDIT_ROWS_PER_INSERT) {
             let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(

@@ -1096,6 +1096,28 @@ async fn assert_same_contents(a: &dyn Store, b: &dyn Store) {
     );
 }
 
+/// Many policy writes at once, each reading before it writes, all succeed. On SQLite a
+/// deferred transaction failed here with "database is locked" when another connection
+/// committed between its read and its write.
+async fn concurrent_policy_writes_all_succeed(store: &dyn Store) {
+    const WRITES: usize = 48;
+    let writes = (0..WRITES)
+        .map(|i| {
+            let text = format!(
+                "permit(principal in Group::\"team-{i}\", action == Action::\"read\", resource);"
+            );
+            async move { store.put_policy(&format!("team-{i}"), &text, 1).await }
+        })
+        .collect();
+    for (i, result) in futures_join_all(writes).await.into_iter().enumerate() {
+        assert!(
+            matches!(result, Ok(true)),
+            "policy write {i} failed: {result:?}"
+        );
+    }
+    assert_eq!(store.list_policies().await.unwrap().len(), WRITES);
+}
+
 /// Polls all futures on the current task until every one is done, returning their outputs
 /// in order. Enough for the contention above: the waiting happens in the database.
 async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
@@ -1157,6 +1179,7 @@ mod sqlite_backend {
     sqlite_case!(checkpoints_are_stored_in_order_once);
     sqlite_case!(audit_signing_key_is_created_once);
     sqlite_case!(audit_search_filters_in_sql);
+    sqlite_case!(concurrent_policy_writes_all_succeed);
     sqlite_case!(connectors_replace_by_kind_and_name);
     sqlite_case!(login_attempts_complete_once_and_expire);
     sqlite_case!(leases_have_one_holder);
@@ -1384,6 +1407,7 @@ mod postgres_backend {
     postgres_case!(checkpoints_are_stored_in_order_once);
     postgres_case!(audit_signing_key_is_created_once);
     postgres_case!(audit_search_filters_in_sql);
+    postgres_case!(concurrent_policy_writes_all_succeed);
     postgres_case!(connectors_replace_by_kind_and_name);
     postgres_case!(login_attempts_complete_once_and_expire);
     postgres_case!(leases_have_one_holder);
