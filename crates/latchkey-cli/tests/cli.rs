@@ -2427,6 +2427,19 @@ fn workloads_exchange_provider_jwts_and_forged_ones_fail() {
         !events.contains(&jwt),
         "the JWT never reaches the audit log"
     );
+
+    // File formats belong to the commands that write files.
+    let output = server.lk(
+        server.root.as_deref(),
+        &["auth", "list", "--format", "md"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("`--format md` is for"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// Starts `lk server --config` on a free port with plain HTTP on 127.0.0.1, then
