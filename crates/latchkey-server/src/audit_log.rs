@@ -19,7 +19,7 @@ use latchkey_core::audit::{
     AuditEvent, AuditRecord, AuditSigner, GENESIS_HASH, SigningKeyError, seal_event,
 };
 use latchkey_core::crypto::{self, CryptoError, Key256, aad};
-use latchkey_store::{Store, StoreError};
+use latchkey_store::{Store, StoreError, TokenRow};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -126,6 +126,8 @@ impl Keys {
 
 struct Pending {
     record: AuditRecord,
+    /// A token issued by the request, stored in the same transaction as its event.
+    token: Option<TokenRow>,
     done: oneshot::Sender<Result<u64, AuditUnavailable>>,
 }
 
@@ -180,9 +182,32 @@ impl AuditLog {
 
     /// Appends a record and waits until it is durably stored; returns its sequence number.
     pub async fn append(&self, record: AuditRecord) -> Result<u64, AuditUnavailable> {
+        self.send(record, None).await
+    }
+
+    /// Appends the event of a token's issue and stores the token in the same commit, so
+    /// issuing a token costs no durable write of its own and no token exists without its
+    /// event.
+    pub async fn append_with_token(
+        &self,
+        record: AuditRecord,
+        token: TokenRow,
+    ) -> Result<u64, AuditUnavailable> {
+        self.send(record, Some(token)).await
+    }
+
+    async fn send(
+        &self,
+        record: AuditRecord,
+        token: Option<TokenRow>,
+    ) -> Result<u64, AuditUnavailable> {
         let (done, wait) = oneshot::channel();
         self.sender
-            .send(Pending { record, done })
+            .send(Pending {
+                record,
+                token,
+                done,
+            })
             .await
             .map_err(|_| AuditUnavailable)?;
         wait.await.map_err(|_| AuditUnavailable)?
@@ -270,6 +295,7 @@ impl Writer {
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
         let mut attempt = 0;
+        let tokens: Vec<TokenRow> = batch.iter().filter_map(|p| p.token.clone()).collect();
         let (events, seq, prev, result) = loop {
             let mut events = Vec::with_capacity(batch.len());
             let (mut seq, mut prev) = self.head;
@@ -279,7 +305,7 @@ impl Writer {
                 prev = decode_hash(&event);
                 events.push(event);
             }
-            let result = self.store.append_audit(&events).await;
+            let result = self.store.append_audit_with_tokens(&events, &tokens).await;
             attempt += 1;
             if let Err(StoreError::Concurrent(_)) = &result
                 && attempt < MAX_CHAIN_ATTEMPTS

@@ -325,8 +325,8 @@ fn check_provider_name(what: &str, name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Finds or creates the principal, applies the provider's groups, and issues a token;
-/// the audit event is durable before the token is stored and returned.
+/// Finds or creates the principal, applies the provider's groups, and issues a token,
+/// stored in the same durable commit as the login's audit event.
 async fn complete(state: &SharedState, ctx: &LoginCtx, subject: Subject) -> Response {
     match issue(state, ctx, subject).await {
         Ok(response) => response,
@@ -433,14 +433,9 @@ async fn issue(
         .insert("groups".into(), principal.groups.join(","));
     state
         .audit
-        .append(record)
+        .append_with_token(record, row.clone())
         .await
         .map_err(|_| Err(ApiError::audit_unavailable()))?;
-    state
-        .store
-        .insert_token(&row)
-        .await
-        .map_err(|e| Err(e.into()))?;
     tracing::info!(token.id = %row.accessor, principal = %uid, method = %ctx.method, "login");
     Ok(Json(LoginResponse {
         token: SecretText(Zeroizing::new(raw.expose().to_string())),

@@ -212,6 +212,24 @@ impl AppState {
         self.engine().decide(&request)
     }
 
+    /// Writes the request's prepared audit event together with the token the request issues,
+    /// in one durable commit.
+    pub async fn commit_audit_with_token(
+        &self,
+        ctx: &RequestCtx,
+        token: latchkey_store::TokenRow,
+    ) -> ApiResult<()> {
+        let record = ctx
+            .slot
+            .take_for_commit(ctx)
+            .ok_or_else(|| ApiError::internal("a token was issued without an audit event"))?;
+        self.audit
+            .append_with_token(record, token)
+            .await
+            .map_err(|_| ApiError::audit_unavailable())?;
+        Ok(())
+    }
+
     /// Writes the request's prepared audit event now and waits until it is durable.
     /// Handlers call this before returning a secret and before changing state.
     pub async fn commit_audit(&self, ctx: &RequestCtx) -> ApiResult<()> {

@@ -195,8 +195,7 @@ pub async fn create_token(
         created_by: Some(ctx.caller.principal.uid_string()),
     };
     ctx.slot.detail("accessor", row.accessor.clone());
-    state.commit_audit(&ctx).await?;
-    state.store.insert_token(&row).await?;
+    state.commit_audit_with_token(&ctx, row.clone()).await?;
     tracing::info!(token.id = %row.accessor, principal.id = %principal.id, "token created");
 
     Ok((

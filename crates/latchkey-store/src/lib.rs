@@ -158,7 +158,17 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
     /// is returned, because another writer moved the head: the caller reloads it with
     /// [`Store::audit_head`] and seals the batch again. The store checks neither the links
     /// nor the hashes inside the batch.
-    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        self.append_audit_with_tokens(events, &[]).await
+    }
+    /// Like [`Store::append_audit`], and stores `tokens` in the same transaction, so a new
+    /// token exists exactly when the audit event of its issue does, and both cost one
+    /// durable commit shared with the rest of the batch.
+    async fn append_audit_with_tokens(
+        &self,
+        events: &[AuditEvent],
+        tokens: &[TokenRow],
+    ) -> StoreResult<()>;
     /// Returns up to `limit` events with a sequence number above `after`, in order.
     async fn audit_events(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
     /// Returns up to `filter.limit` events with a sequence number above `filter.after` that

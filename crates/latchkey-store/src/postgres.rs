@@ -813,7 +813,11 @@ impl Store for PostgresStore {
         audit_head(&self.pool).await
     }
 
-    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+    async fn append_audit_with_tokens(
+        &self,
+        events: &[AuditEvent],
+        tokens: &[TokenRow],
+    ) -> StoreResult<()> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -861,6 +865,9 @@ impl Store for PostgresStore {
                 },
             );
             builder.build().execute(&mut *tx).await?;
+        }
+        for token in tokens {
+            insert_token(&mut *tx, token).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -716,7 +716,11 @@ impl Store for SqliteStore {
         audit_head(&self.pool).await
     }
 
-    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+    async fn append_audit_with_tokens(
+        &self,
+        events: &[AuditEvent],
+        tokens: &[TokenRow],
+    ) -> StoreResult<()> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -760,6 +764,9 @@ impl Store for SqliteStore {
                 },
             );
             builder.build().execute(&mut *tx).await?;
+        }
+        for token in tokens {
+            insert_token(&mut *tx, token).await?;
         }
         tx.commit().await?;
         Ok(())

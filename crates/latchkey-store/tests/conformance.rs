@@ -543,6 +543,40 @@ async fn login_attempts_complete_once_and_expire(store: &dyn Store) {
     ));
 }
 
+async fn tokens_commit_with_their_audit_event(store: &dyn Store) {
+    store
+        .create_principal(&principal("p1", "alice", &[]))
+        .await
+        .unwrap();
+    let head = store.audit_head().await.unwrap();
+    // A batch that does not continue the head stores neither its events nor its token.
+    let stale = continue_chain(
+        Some(&(head.as_ref().map_or(0, |h| h.0) + 5, "00".repeat(32))),
+        1,
+        "stale",
+    );
+    assert!(matches!(
+        store
+            .append_audit_with_tokens(&stale, &[token("tok_stale", "p1", 7)])
+            .await,
+        Err(StoreError::Concurrent(_))
+    ));
+    assert!(
+        store
+            .token_by_accessor("tok_stale")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events = continue_chain(head.as_ref(), 1, "issue");
+    store
+        .append_audit_with_tokens(&events, &[token("tok_new", "p1", 8)])
+        .await
+        .unwrap();
+    assert!(store.token_by_accessor("tok_new").await.unwrap().is_some());
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, events[0].seq);
+}
+
 fn assert_head_moved(result: Result<(), StoreError>, why: &str) {
     match result {
         Err(StoreError::Concurrent(what)) => assert_eq!(what, "audit chain head", "{why}"),
@@ -1179,6 +1213,7 @@ mod sqlite_backend {
     sqlite_case!(checkpoints_are_stored_in_order_once);
     sqlite_case!(audit_signing_key_is_created_once);
     sqlite_case!(audit_search_filters_in_sql);
+    sqlite_case!(tokens_commit_with_their_audit_event);
     sqlite_case!(concurrent_policy_writes_all_succeed);
     sqlite_case!(connectors_replace_by_kind_and_name);
     sqlite_case!(login_attempts_complete_once_and_expire);
@@ -1407,6 +1442,7 @@ mod postgres_backend {
     postgres_case!(checkpoints_are_stored_in_order_once);
     postgres_case!(audit_signing_key_is_created_once);
     postgres_case!(audit_search_filters_in_sql);
+    postgres_case!(tokens_commit_with_their_audit_event);
     postgres_case!(concurrent_policy_writes_all_succeed);
     postgres_case!(connectors_replace_by_kind_and_name);
     postgres_case!(login_attempts_complete_once_and_expire);
