@@ -10,7 +10,9 @@ use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
-use crate::{audit_api, auth, connectors, login, policies, secrets, sys, tokens, users, vaults};
+use crate::{
+    audit_api, auth, connectors, login, policies, scim, secrets, sys, tokens, users, vaults,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -142,6 +144,15 @@ pub fn router(state: SharedState) -> Router {
                 .get(connectors::get_jwt_role)
                 .delete(connectors::delete_jwt_role),
         )
+        // SCIM tokens, for the identity provider.
+        .route(
+            "/v1/scim/tokens",
+            post(scim::tokens::create).get(scim::tokens::list),
+        )
+        .route(
+            "/v1/scim/tokens/{accessor}/revoke",
+            post(scim::tokens::revoke),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()
@@ -159,6 +170,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(public)
         .merge(protected)
+        .merge(scim::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod read;
 pub mod resolve;
 pub mod run;
+pub mod scim;
 pub mod secret;
 pub mod server;
 pub mod status;
