@@ -391,7 +391,15 @@ async fn issue(
             }
         }
     };
-    if let Some(groups) = subject.groups {
+    // A user provisioned over SCIM takes its groups from SCIM only, so a login's group
+    // claim cannot undo a group removal that the identity provider pushed.
+    let scim_managed = state
+        .store
+        .scim_user(&principal.id)
+        .await
+        .map_err(|e| Err(e.into()))?
+        .is_some();
+    if let Some(groups) = subject.groups.filter(|_| !scim_managed) {
         let mut groups = groups;
         groups.sort();
         groups.dedup();

@@ -45,7 +45,7 @@ pub async fn run(command: ScimCommand, format: Format) -> CliResult<()> {
                 println!("{}", text(&response, "token"));
                 let expires = text(&response, "expires_at");
                 eprintln!(
-                    "SCIM token {}: {}; use it as the bearer token of {{server}}/scim/v2",
+                    "SCIM token {}: {}; give it to the identity provider as the bearer token for this server's /scim/v2",
                     text(&response, "accessor"),
                     if expires.is_empty() {
                         "valid until revoked".to_string()

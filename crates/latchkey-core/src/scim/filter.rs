@@ -554,6 +554,7 @@ fn literal(word: &str) -> Result<Value, ScimError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -591,7 +592,7 @@ mod tests {
         assert!(matches(r#"emails co "example.com""#));
         assert!(matches("active eq true"));
         assert!(!matches("active eq false"));
-        assert!(matches("title pr") == false);
+        assert!(!matches("title pr"));
         assert!(matches("emails pr"));
     }
 

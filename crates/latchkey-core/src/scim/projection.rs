@@ -158,6 +158,7 @@ fn remove(resource: &mut Map<String, Value>, path: &AttrPath) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -25,7 +25,6 @@ pub async fn service_provider_config(ctx: RequestCtx, headers: HeaderMap) -> Res
         StatusCode::OK,
         &json!({
             "schemas": [SPC_SCHEMA],
-            "documentationUri": "https://github.com/latchkey/latchkey#scim-provisioning",
             "patch": {"supported": true},
             "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
             "filter": {"supported": true, "maxResults": MAX_RESULTS},
