@@ -65,6 +65,9 @@ enum Command {
     /// Create, renew, revoke and list tokens.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
+    /// Manage SCIM provisioning tokens.
+    #[command(subcommand)]
+    Scim(commands::scim::ScimCommand),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -103,6 +106,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Policy(command) => commands::policy::run(command, format).await.map(|_| 0),
         Command::User(command) => commands::user::run(command, format).await.map(|_| 0),
         Command::Token(command) => commands::token::run(command, format).await.map(|_| 0),
+        Command::Scim(command) => commands::scim::run(command, format).await.map(|_| 0),
         Command::Audit(command) => commands::audit::run(command, format).await,
         Command::Auth(command) => commands::auth::run(command, format).await.map(|_| 0),
         Command::Report(command) => commands::report::run(command, format).await.map(|_| 0),

@@ -2624,3 +2624,127 @@ fn export_purge_and_verify_after_retention() {
     let _ = nix_kill(child.id(), "TERM");
     let _ = child.wait();
 }
+
+/// Sends a SCIM request with curl and returns the status and the JSON body.
+fn scim(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", method])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/scim+json", "--data", body])
+        .arg(format!("{}/scim/v2{path}", server.addr))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (json, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(json).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn sign_in_links_to_the_scim_user_and_follows_deactivation() {
+    let provider = Provider::start();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    let port = provider.redirect_port.to_string();
+    server.root(&[
+        "auth",
+        "oidc",
+        "set",
+        "corp",
+        "--issuer",
+        &provider.issuer,
+        "--client-id",
+        "latchkey-cli",
+        "--scope",
+        "groups",
+        "--scope",
+        "email",
+        "--groups-claim",
+        "groups",
+        "--redirect-port",
+        &port,
+        "--require-scim-user",
+    ]);
+    let scim_token = stdout(&server.root(&["scim", "token", "create"]))
+        .trim()
+        .to_string();
+
+    // The provider provisions Alice under her corporate name; her OIDC `sub` is `alice`.
+    let (status, user) = scim(
+        &server,
+        &scim_token,
+        "POST",
+        "/Users",
+        r#"{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":"alice.smith@example.test","externalId":"alice","active":true}"#,
+    );
+    assert_eq!(status, 201, "{user}");
+    let id = user["id"].as_str().unwrap().to_string();
+    let (status, group) = scim(
+        &server,
+        &scim_token,
+        "POST",
+        "/Groups",
+        &format!(
+            r#"{{"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],"displayName":"ops","members":[{{"value":"{id}"}}]}}"#
+        ),
+    );
+    assert_eq!(status, 201, "{group}");
+
+    let output = browser_login(
+        &server,
+        &provider,
+        &work.path().join("alice"),
+        "corp",
+        "alice",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Linked by externalId; the groups come from SCIM, not from the login's claim.
+    assert!(
+        stdout(&output).contains("signed in as User::\"alice.smith@example.test\" (browser sign-in through OIDC connector `corp`; groups: ops)"),
+        "{}",
+        stdout(&output)
+    );
+
+    // Bob is not provisioned, and the connector requires it.
+    let output = browser_login(&server, &provider, &work.path().join("bob"), "corp", "bob");
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+
+    // Deactivated over SCIM: the token from the sign-in stops working, and so does signing in.
+    let (status, _) = scim(
+        &server,
+        &scim_token,
+        "PATCH",
+        &format!("/Users/{id}"),
+        r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"Replace","value":{"active":"False"}}]}"#,
+    );
+    assert_eq!(status, 200);
+    let whoami = lk_at(
+        &server.addr,
+        None,
+        &work.path().join("alice"),
+        &["whoami"],
+        None,
+        &[],
+    );
+    assert_eq!(whoami.status.code(), Some(3), "{}", stdout(&whoami));
+    let output = browser_login(
+        &server,
+        &provider,
+        &work.path().join("alice2"),
+        "corp",
+        "alice",
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+    let events =
+        stdout(&server.root(&["audit", "search", "--action", "login", "--format", "json"]));
+    assert!(events.contains("inactive_principal"), "{events}");
+    assert!(events.contains("unknown_principal"), "{events}");
+}

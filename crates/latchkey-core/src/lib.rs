@@ -5,6 +5,7 @@ pub mod duration;
 pub mod jwt;
 pub mod policy;
 pub mod reference;
+pub mod scim;
 pub mod template;
 pub mod token;
 pub mod unseal;

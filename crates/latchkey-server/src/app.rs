@@ -11,8 +11,8 @@ use utoipa::OpenApi;
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::{
-    access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies, secrets,
-    sys, tokens, users, vaults,
+    access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies, scim,
+    secrets, sys, tokens, users, vaults,
 };
 
 #[derive(OpenApi)]
@@ -155,6 +155,15 @@ pub fn router(state: SharedState) -> Router {
             post(audit_retention::record_export).get(audit_retention::list_exports),
         )
         .route("/v1/audit/purge", post(audit_retention::purge))
+        // SCIM tokens, for the identity provider.
+        .route(
+            "/v1/scim/tokens",
+            post(scim::tokens::create).get(scim::tokens::list),
+        )
+        .route(
+            "/v1/scim/tokens/{accessor}/revoke",
+            post(scim::tokens::revoke),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
 
     let public = Router::new()
@@ -173,6 +182,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(public)
         .merge(protected)
+        .merge(scim::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

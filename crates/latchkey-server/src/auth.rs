@@ -132,7 +132,7 @@ pub fn principal_kind_from_str(kind: &str) -> Option<PrincipalKind> {
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -220,14 +220,14 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-fn client_addr(request: &Request) -> Option<String> {
+pub(crate) fn client_addr(request: &Request) -> Option<String> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
 }
 
-fn route_action(request: &Request) -> String {
+pub(crate) fn route_action(request: &Request) -> String {
     let path = request
         .extensions()
         .get::<MatchedPath>()
@@ -287,7 +287,18 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
     };
     request.extensions_mut().insert(ctx.clone());
     let response = next.run(request).await;
+    record_response(&state, &ctx, response, fallback_action, fallback_resource).await
+}
 
+/// Writes the audit event of a handled request unless the handler already recorded it,
+/// and turns the response into a 503 when that write fails.
+pub(crate) async fn record_response(
+    state: &SharedState,
+    ctx: &RequestCtx,
+    response: Response,
+    fallback_action: String,
+    fallback_resource: String,
+) -> Response {
     if response.extensions().get::<Audited>().is_some() {
         return response;
     }
@@ -312,7 +323,7 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
             // The handler recorded this already and nothing went wrong afterwards.
             return None;
         }
-        Some(build_record(slot, &ctx, outcome, code.clone()))
+        Some(build_record(slot, ctx, outcome, code.clone()))
     });
     if let Some(Some(record)) = record
         && state.audit.append(record).await.is_err()

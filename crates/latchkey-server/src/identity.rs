@@ -88,6 +88,18 @@ pub struct OidcSettings {
     /// (created by an admin or by SCIM) may sign in.
     #[serde(default = "default_true")]
     pub create_users: bool,
+    /// How a login finds its user among those provisioned over SCIM, tried in order:
+    /// `external_id` (matched with the `sub` claim), `user_name` (with the user claim) and
+    /// `email` (with `email`, when `email_verified` is true).
+    #[serde(default = "default_link_scim_by")]
+    pub link_scim_by: Vec<String>,
+    /// Refuse a login that matches no user provisioned over SCIM.
+    #[serde(default)]
+    pub require_scim_user: bool,
+}
+
+fn default_link_scim_by() -> Vec<String> {
+    vec!["external_id".into(), "user_name".into(), "email".into()]
 }
 
 /// One glob pattern or a list of them.
@@ -339,6 +351,13 @@ impl OidcConnector {
                 "`redirect_ports` must list the loopback ports the CLI may use, such as [8250]"
                     .into(),
             );
+        }
+        for method in &settings.link_scim_by {
+            if !matches!(method.as_str(), "external_id" | "user_name" | "email") {
+                return Err(format!(
+                    "`link_scim_by` entry `{method}` is not one of `external_id`, `user_name` and `email`"
+                ));
+            }
         }
         if source == Source::Api && settings.client_secret_file.is_some() {
             return Err(

@@ -300,6 +300,35 @@ struct Subject {
     create: bool,
     ttl: i64,
     max_ttl: i64,
+    /// How to find the user among those provisioned over SCIM, for OIDC logins.
+    link: Option<ScimLinkKeys>,
+}
+
+/// The values an OIDC login offers for matching a SCIM user, in the connector's order.
+struct ScimLinkKeys {
+    /// (method, value) pairs: `external_id` with `sub`, `user_name` with the user claim,
+    /// `email` with a verified `email`.
+    keys: Vec<(String, String)>,
+    /// Refuse the login when no SCIM user matches.
+    required: bool,
+}
+
+/// Finds the principal of the SCIM user an OIDC login matches, trying each key in order.
+async fn linked_principal(
+    state: &SharedState,
+    link: &ScimLinkKeys,
+) -> Result<Option<PrincipalRow>, ApiError> {
+    for (method, value) in &link.keys {
+        let key = match method.as_str() {
+            "external_id" => latchkey_store::ScimLink::ExternalId(value),
+            "user_name" => latchkey_store::ScimLink::UserName(value),
+            _ => latchkey_store::ScimLink::Email(value),
+        };
+        if let Some(user) = state.store.find_scim_user(key).await? {
+            return Ok(state.store.principal_by_id(&user.principal_id).await?);
+        }
+    }
+    Ok(None)
 }
 
 fn kind_str(kind: PrincipalKind) -> &'static str {
@@ -345,11 +374,27 @@ async fn issue(
     for group in subject.groups.iter().flatten() {
         check_provider_name("group", group).map_err(Ok)?;
     }
-    let existing = state
-        .store
-        .principal_by_name(kind, &subject.name)
-        .await
-        .map_err(|e| Err(e.into()))?;
+    let linked = match &subject.link {
+        Some(link) => linked_principal(state, link).await.map_err(Err)?,
+        None => None,
+    };
+    if linked.is_none() && subject.link.as_ref().is_some_and(|l| l.required) {
+        return Err(Ok(Failure::new(
+            "unknown_principal",
+            format!(
+                "no user provisioned over SCIM matches `{}`, and the connector requires one",
+                subject.name
+            ),
+        )));
+    }
+    let existing = match linked {
+        Some(row) => Some(row),
+        None => state
+            .store
+            .principal_by_name(kind, &subject.name)
+            .await
+            .map_err(|e| Err(e.into()))?,
+    };
     let mut principal = match existing {
         Some(row) if !row.active => {
             return Err(Ok(Failure::new(
@@ -391,7 +436,16 @@ async fn issue(
             }
         }
     };
-    if let Some(groups) = subject.groups {
+    // A user provisioned over SCIM takes its groups from SCIM only, so a login's group
+    // claim cannot undo a group removal that the identity provider pushed.
+    let scim_managed = subject.kind == PrincipalKind::User
+        && state
+            .store
+            .scim_user(&principal.id)
+            .await
+            .map_err(|e| Err(e.into()))?
+            .is_some();
+    if let Some(groups) = subject.groups.filter(|_| !scim_managed) {
         let mut groups = groups;
         groups.sort();
         groups.dedup();
@@ -508,6 +562,7 @@ pub async fn jwt_login(
         create: true,
         ttl: role.ttl,
         max_ttl: role.max_ttl,
+        link: None,
     };
     complete(&state, &ctx, subject).await
 }
@@ -828,6 +883,25 @@ pub async fn oidc_callback(
 }
 
 fn oidc_subject(connector: &OidcConnector, verified: VerifiedToken) -> Subject {
+    let mut keys = Vec::new();
+    for method in &connector.settings.link_scim_by {
+        let value = match method.as_str() {
+            "external_id" => verified.subject.clone(),
+            "user_name" => Some(verified.name.clone()),
+            // Only an address the provider verified may stand for the user.
+            _ => verified
+                .claims
+                .get("email")
+                .and_then(|e| e.as_str())
+                .filter(|_| {
+                    verified.claims.get("email_verified") == Some(&serde_json::Value::Bool(true))
+                })
+                .map(str::to_string),
+        };
+        if let Some(value) = value {
+            keys.push((method.clone(), value));
+        }
+    }
     Subject {
         kind: PrincipalKind::User,
         name: verified.name,
@@ -839,6 +913,10 @@ fn oidc_subject(connector: &OidcConnector, verified: VerifiedToken) -> Subject {
         create: connector.settings.create_users,
         ttl: connector.ttl,
         max_ttl: connector.max_ttl,
+        link: Some(ScimLinkKeys {
+            keys,
+            required: connector.settings.require_scim_user,
+        }),
     }
 }
 

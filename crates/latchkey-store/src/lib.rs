@@ -7,6 +7,7 @@
 mod model;
 mod postgres;
 mod postgres_upkeep;
+mod scim;
 mod sqlite;
 mod sqlite_upkeep;
 pub mod transfer;
@@ -212,6 +213,47 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
     ) -> StoreResult<Vec<ExpiryClaim>>;
     /// Marks a token's expiry recorded; returns false when it already was.
     async fn mark_expiry_recorded(&self, accessor: &str, now: i64) -> StoreResult<bool>;
+
+    /// Returns a SCIM user by its id (the principal's id).
+    async fn scim_user(&self, id: &str) -> StoreResult<Option<ScimUserRow>>;
+    /// Lists SCIM users, oldest first.
+    async fn scim_users(&self) -> StoreResult<Vec<ScimUserRow>>;
+    /// Finds the one SCIM user a login links to; None when none or several match.
+    async fn find_scim_user(&self, link: ScimLink<'_>) -> StoreResult<Option<ScimUserRow>>;
+    /// Creates (`expected_version` None) or updates a SCIM user, and creates or updates its
+    /// principal (name and `active`) in the same transaction. An update whose stored
+    /// version differs from `expected_version` writes nothing and returns
+    /// [`StoreError::Concurrent`]; a taken userName returns [`StoreError::Conflict`].
+    async fn put_scim_user(
+        &self,
+        user: &ScimUserRow,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Deletes a SCIM user and its group memberships, keeping its principal (deactivated by
+    /// the caller) for the audit trail. Returns false when it did not exist.
+    async fn delete_scim_user(&self, id: &str) -> StoreResult<bool>;
+    /// Returns a SCIM group with its members.
+    async fn scim_group(&self, id: &str) -> StoreResult<Option<ScimGroupRow>>;
+    /// Lists SCIM groups with their members, oldest first.
+    async fn scim_groups(&self) -> StoreResult<Vec<ScimGroupRow>>;
+    /// Creates or updates a SCIM group like [`Store::put_scim_user`], replaces its members,
+    /// and sets the Cedar groups of every principal that joined or left, in one transaction.
+    async fn put_scim_group(
+        &self,
+        group: &ScimGroupRow,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Deletes a SCIM group and removes it from its members' Cedar groups.
+    async fn delete_scim_group(&self, id: &str) -> StoreResult<bool>;
+    /// Deactivates a principal and revokes everything it holds, in one transaction: today
+    /// its live tokens. Returns what was revoked.
+    async fn offboard_principal(&self, principal_id: &str, now: i64) -> StoreResult<Offboarding>;
+
+    async fn insert_scim_token(&self, token: &ScimTokenRow) -> StoreResult<()>;
+    async fn scim_token_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ScimTokenRow>>;
+    async fn list_scim_tokens(&self) -> StoreResult<Vec<ScimTokenRow>>;
+    /// Marks a SCIM token revoked; returns false when it was unknown or already revoked.
+    async fn revoke_scim_token(&self, accessor: &str, now: i64) -> StoreResult<bool>;
 }
 
 /// Converts a lease lifetime to whole milliseconds, capped at about 292 million years.

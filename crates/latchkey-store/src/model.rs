@@ -119,3 +119,65 @@ pub struct ExpiryClaim {
     /// expiry recorded), so its audit event may already be stored.
     pub reclaimed: bool,
 }
+
+/// A user provisioned over SCIM. Its id is the id of the `user` principal it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScimUserRow {
+    pub principal_id: String,
+    pub external_id: Option<String>,
+    /// The userName as sent; it is also the principal's name.
+    pub user_name: String,
+    /// The primary email in lowercase, used to link OIDC logins.
+    pub email: Option<String>,
+    /// The resource as JSON, without `id` and `meta`.
+    pub resource: String,
+    /// Incremented by every write, for `meta.version` and concurrent-update checks.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The principal's `active` flag.
+    pub active: bool,
+}
+
+/// A group provisioned over SCIM; its display name is the Cedar group of its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScimGroupRow {
+    pub id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    /// The resource as JSON, without `id` and `meta`.
+    pub resource: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Principal ids of the members, sorted.
+    pub members: Vec<String>,
+}
+
+/// A bearer token accepted only by the SCIM service, stored as its SHA-256 hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScimTokenRow {
+    pub accessor: String,
+    pub hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_by: String,
+}
+
+/// How an OIDC login is matched to a SCIM user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScimLink<'a> {
+    ExternalId(&'a str),
+    /// Compared ignoring case.
+    UserName(&'a str),
+    /// Compared ignoring case against the user's primary email.
+    Email(&'a str),
+}
+
+/// What [`Store::offboard_principal`](crate::Store::offboard_principal) revoked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offboarding {
+    /// Accessors of the tokens it revoked.
+    pub revoked_tokens: Vec<String>,
+}

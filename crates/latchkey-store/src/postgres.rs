@@ -17,8 +17,9 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::sqlite::{json_tags, outcome_from_str, outcome_str, parse_json, version_u32};
 use crate::{
-    AuditFilter, ConnectorRow, ExpiryClaim, LoginAttemptRow, PolicyRow, PrincipalRow, SecretRow,
-    SecretVersionMeta, SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
+    AuditFilter, ConnectorRow, ExpiryClaim, LoginAttemptRow, Offboarding, PolicyRow, PrincipalRow,
+    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretRow, SecretVersionMeta,
+    SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -1059,6 +1060,57 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn scim_user(&self, id: &str) -> StoreResult<Option<ScimUserRow>> {
+        crate::scim::postgres::scim_user(&self.pool, id).await
+    }
+    async fn scim_users(&self) -> StoreResult<Vec<ScimUserRow>> {
+        crate::scim::postgres::scim_users(&self.pool).await
+    }
+    async fn find_scim_user(&self, link: ScimLink<'_>) -> StoreResult<Option<ScimUserRow>> {
+        crate::scim::postgres::find_scim_user(&self.pool, link).await
+    }
+    async fn put_scim_user(
+        &self,
+        user: &ScimUserRow,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()> {
+        crate::scim::postgres::put_scim_user(&self.pool, user, expected_version).await
+    }
+    async fn delete_scim_user(&self, id: &str) -> StoreResult<bool> {
+        crate::scim::postgres::delete_scim_user(&self.pool, id).await
+    }
+    async fn scim_group(&self, id: &str) -> StoreResult<Option<ScimGroupRow>> {
+        crate::scim::postgres::scim_group(&self.pool, id).await
+    }
+    async fn scim_groups(&self) -> StoreResult<Vec<ScimGroupRow>> {
+        crate::scim::postgres::scim_groups(&self.pool).await
+    }
+    async fn put_scim_group(
+        &self,
+        group: &ScimGroupRow,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()> {
+        crate::scim::postgres::put_scim_group(&self.pool, group, expected_version).await
+    }
+    async fn delete_scim_group(&self, id: &str) -> StoreResult<bool> {
+        crate::scim::postgres::delete_scim_group(&self.pool, id).await
+    }
+    async fn offboard_principal(&self, principal_id: &str, now: i64) -> StoreResult<Offboarding> {
+        crate::scim::postgres::offboard_principal(&self.pool, principal_id, now).await
+    }
+    async fn insert_scim_token(&self, token: &ScimTokenRow) -> StoreResult<()> {
+        crate::scim::postgres::insert_scim_token(&self.pool, token).await
+    }
+    async fn scim_token_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ScimTokenRow>> {
+        crate::scim::postgres::scim_token_by_hash(&self.pool, hash).await
+    }
+    async fn list_scim_tokens(&self) -> StoreResult<Vec<ScimTokenRow>> {
+        crate::scim::postgres::list_scim_tokens(&self.pool).await
+    }
+    async fn revoke_scim_token(&self, accessor: &str, now: i64) -> StoreResult<bool> {
+        crate::scim::postgres::revoke_scim_token(&self.pool, accessor, now).await
     }
 }
 

@@ -217,6 +217,47 @@ pub const TABLES: &[Table] = &[
             col("expires_at", Integer),
         ],
     },
+    Table {
+        name: "scim_users",
+        columns: &[
+            col("principal_id", Text),
+            col("external_id", Text),
+            col("user_name", Text),
+            col("user_name_key", Text),
+            col("email", Text),
+            col("resource", Text),
+            col("version", Integer),
+            col("created_at", Integer),
+            col("updated_at", Integer),
+        ],
+    },
+    Table {
+        name: "scim_groups",
+        columns: &[
+            col("id", Text),
+            col("display_name", Text),
+            col("external_id", Text),
+            col("resource", Text),
+            col("version", Integer),
+            col("created_at", Integer),
+            col("updated_at", Integer),
+        ],
+    },
+    Table {
+        name: "scim_group_members",
+        columns: &[col("group_id", Text), col("principal_id", Text)],
+    },
+    Table {
+        name: "scim_tokens",
+        columns: &[
+            col("accessor", Text),
+            col("hash", Bytes),
+            col("created_at", Integer),
+            col("expires_at", Integer),
+            col("revoked_at", Integer),
+            col("created_by", Text),
+        ],
+    },
 ];
 
 /// Columns that PostgreSQL fills from a sequence (`BIGSERIAL`), as (table, column).

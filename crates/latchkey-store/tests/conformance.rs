@@ -16,8 +16,9 @@ use latchkey_core::audit::{
     seal_event,
 };
 use latchkey_store::{
-    AuditFilter, ConnectorRow, LoginAttemptRow, PrincipalRow, SecretRow, SecretVersionRow,
-    SqliteStore, Store, StoreError, TokenRow, VaultRow, transfer,
+    AuditFilter, ConnectorRow, LoginAttemptRow, PrincipalRow, ScimGroupRow, ScimLink, ScimTokenRow,
+    ScimUserRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError, TokenRow, VaultRow,
+    transfer,
 };
 
 async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
@@ -1189,6 +1190,190 @@ fn hex_to_array(text: &str) -> [u8; 32] {
     out
 }
 
+fn scim_user(id: &str, name: &str, email: &str) -> ScimUserRow {
+    ScimUserRow {
+        principal_id: id.into(),
+        external_id: Some(format!("ext-{name}")),
+        user_name: name.into(),
+        email: Some(email.into()),
+        resource: format!(r#"{{"userName":"{name}"}}"#),
+        version: 1,
+        created_at: 5,
+        updated_at: 5,
+        active: true,
+    }
+}
+
+async fn scim_groups_set_cedar_groups(store: &dyn Store) {
+    store
+        .put_scim_user(&scim_user("p1", "Ann", "ann@example.com"), None)
+        .await
+        .unwrap();
+    store
+        .put_scim_user(&scim_user("p2", "bob", "bob@example.com"), None)
+        .await
+        .unwrap();
+    let duplicate = store
+        .put_scim_user(&scim_user("p3", "ANN", "x@example.com"), None)
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict(_))),
+        "{duplicate:?}"
+    );
+
+    let mut group = ScimGroupRow {
+        id: "g1".into(),
+        display_name: "ops team".into(),
+        external_id: None,
+        resource: "{}".into(),
+        version: 1,
+        created_at: 6,
+        updated_at: 6,
+        members: vec!["p1".into(), "p2".into()],
+    };
+    store.put_scim_group(&group, None).await.unwrap();
+    assert_eq!(
+        store.principal_by_id("p1").await.unwrap().unwrap().groups,
+        ["ops team"]
+    );
+    assert_eq!(
+        store.principal_by_id("p2").await.unwrap().unwrap().groups,
+        ["ops team"]
+    );
+
+    group.members = vec!["p2".into()];
+    group.display_name = "ops".into();
+    group.version = 2;
+    let stale = store.put_scim_group(&group, Some(5)).await;
+    assert!(matches!(stale, Err(StoreError::Concurrent(_))), "{stale:?}");
+    store.put_scim_group(&group, Some(1)).await.unwrap();
+    assert!(
+        store
+            .principal_by_id("p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+    assert_eq!(
+        store.principal_by_id("p2").await.unwrap().unwrap().groups,
+        ["ops"]
+    );
+    assert_eq!(
+        store.scim_group("g1").await.unwrap().unwrap().members,
+        ["p2"]
+    );
+
+    assert!(store.delete_scim_user("p2").await.unwrap());
+    assert!(
+        store
+            .principal_by_id("p2")
+            .await
+            .unwrap()
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+    assert!(
+        store
+            .scim_group("g1")
+            .await
+            .unwrap()
+            .unwrap()
+            .members
+            .is_empty()
+    );
+    assert!(store.delete_scim_group("g1").await.unwrap());
+    assert!(!store.delete_scim_group("g1").await.unwrap());
+}
+
+async fn scim_users_link_by_identifiers(store: &dyn Store) {
+    store
+        .put_scim_user(&scim_user("p1", "Ann", "ann@example.com"), None)
+        .await
+        .unwrap();
+    let by = |link| async move {
+        store
+            .find_scim_user(link)
+            .await
+            .unwrap()
+            .map(|u| u.principal_id)
+    };
+    assert_eq!(
+        by(ScimLink::ExternalId("ext-Ann")).await.as_deref(),
+        Some("p1")
+    );
+    assert_eq!(by(ScimLink::ExternalId("ext-ann")).await, None);
+    assert_eq!(by(ScimLink::UserName("ANN")).await.as_deref(), Some("p1"));
+    assert_eq!(
+        by(ScimLink::Email("Ann@Example.com")).await.as_deref(),
+        Some("p1")
+    );
+    assert_eq!(by(ScimLink::Email("other@example.com")).await, None);
+}
+
+async fn offboarding_revokes_live_tokens(store: &dyn Store) {
+    store
+        .create_principal(&principal("p1", "ann", &[]))
+        .await
+        .unwrap();
+    let mut live = token("tok_live", "p1", 1);
+    live.expires_at = 1000;
+    let mut done = token("tok_done", "p1", 2);
+    done.expires_at = 1000;
+    done.revoked_at = Some(20);
+    store.insert_token(&live).await.unwrap();
+    store.insert_token(&done).await.unwrap();
+    store
+        .insert_token(&token("tok_expired", "p1", 3))
+        .await
+        .unwrap();
+
+    let result = store.offboard_principal("p1", 100).await.unwrap();
+    assert_eq!(result.revoked_tokens, ["tok_live"]);
+    assert!(!store.principal_by_id("p1").await.unwrap().unwrap().active);
+    let live = store.token_by_accessor("tok_live").await.unwrap().unwrap();
+    assert_eq!(live.revoked_at, Some(100));
+    let done = store.token_by_accessor("tok_done").await.unwrap().unwrap();
+    assert_eq!(
+        done.revoked_at,
+        Some(20),
+        "an earlier revocation keeps its time"
+    );
+    assert!(
+        store
+            .offboard_principal("p1", 200)
+            .await
+            .unwrap()
+            .revoked_tokens
+            .is_empty()
+    );
+}
+
+async fn scim_tokens_are_separate(store: &dyn Store) {
+    let row = ScimTokenRow {
+        accessor: "scim_1".into(),
+        hash: [9; 32],
+        created_at: 1,
+        expires_at: None,
+        revoked_at: None,
+        created_by: "User::\"root\"".into(),
+    };
+    store.insert_scim_token(&row).await.unwrap();
+    assert_eq!(
+        store.scim_token_by_hash(&[9; 32]).await.unwrap(),
+        Some(row.clone())
+    );
+    assert!(store.token_by_hash(&[9; 32]).await.unwrap().is_none());
+    assert!(store.revoke_scim_token("scim_1", 5).await.unwrap());
+    assert!(!store.revoke_scim_token("scim_1", 6).await.unwrap());
+    assert_eq!(
+        store.list_scim_tokens().await.unwrap()[0].revoked_at,
+        Some(5)
+    );
+}
+
 macro_rules! sqlite_case {
     ($name:ident) => {
         #[tokio::test]
@@ -1218,6 +1403,10 @@ mod sqlite_backend {
     sqlite_case!(connectors_replace_by_kind_and_name);
     sqlite_case!(login_attempts_complete_once_and_expire);
     sqlite_case!(leases_have_one_holder);
+    sqlite_case!(scim_groups_set_cedar_groups);
+    sqlite_case!(scim_users_link_by_identifiers);
+    sqlite_case!(offboarding_revokes_live_tokens);
+    sqlite_case!(scim_tokens_are_separate);
 
     /// Fails when a migration adds a table or column that the SQLite-to-PostgreSQL copy
     /// does not list in `transfer::TABLES`, so that it would be left behind.
@@ -1447,6 +1636,10 @@ mod postgres_backend {
     postgres_case!(connectors_replace_by_kind_and_name);
     postgres_case!(login_attempts_complete_once_and_expire);
     postgres_case!(leases_have_one_holder);
+    postgres_case!(scim_groups_set_cedar_groups);
+    postgres_case!(scim_users_link_by_identifiers);
+    postgres_case!(offboarding_revokes_live_tokens);
+    postgres_case!(scim_tokens_are_separate);
     postgres_case!(expired_tokens_are_claimed_once);
 
     #[tokio::test]

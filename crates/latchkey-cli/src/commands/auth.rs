@@ -78,6 +78,13 @@ pub struct OidcSetArgs {
     /// Refuse sign-in to users that do not exist yet (created by an admin or SCIM).
     #[arg(long)]
     existing_users_only: bool,
+    /// How a sign-in finds its SCIM user, in order; repeat for more (default: external_id,
+    /// user_name, email).
+    #[arg(long = "link-scim-by", value_parser = ["external_id", "user_name", "email"])]
+    link_scim_by: Vec<String>,
+    /// Refuse sign-in to anyone who matches no user provisioned over SCIM.
+    #[arg(long)]
+    require_scim_user: bool,
 }
 
 #[derive(Args)]
@@ -157,6 +164,12 @@ fn oidc_body(args: &OidcSetArgs) -> CliResult<Value> {
     put_if(&mut body, "leeway", args.leeway.map(|v| json!(v)));
     if args.existing_users_only {
         body.insert("create_users".into(), json!(false));
+    }
+    if !args.link_scim_by.is_empty() {
+        body.insert("link_scim_by".into(), json!(args.link_scim_by));
+    }
+    if args.require_scim_user {
+        body.insert("require_scim_user".into(), json!(true));
     }
     if let Some(path) = &args.client_secret_file {
         let secret = Zeroizing::new(

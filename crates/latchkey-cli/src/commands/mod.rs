@@ -11,6 +11,7 @@ pub mod read;
 pub mod report;
 pub mod resolve;
 pub mod run;
+pub mod scim;
 pub mod secret;
 pub mod server;
 pub mod status;
