@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 /// Leeway applied to `exp`, `nbf` and `iat` when a rule names none, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 
-/// Why a token was rejected.
+/// The reason a token was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
     #[error("the token is not a well-formed JWT: {0}")]
@@ -47,7 +47,7 @@ impl JwtError {
         }
     }
 
-    /// A short code for metrics and the audit log.
+    /// Returns a short code for metrics and the audit log.
     pub fn code(&self) -> &'static str {
         match self {
             JwtError::Malformed(_) => "malformed_jwt",
@@ -60,7 +60,7 @@ impl JwtError {
     }
 }
 
-/// What a token's claims must satisfy.
+/// The rules a token's claims must satisfy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClaimRules {
     /// The exact `iss` value.

@@ -71,7 +71,7 @@ pub struct LoginResponse {
     pub ttl: String,
     pub expires_at: String,
     pub max_expires_at: String,
-    /// How the session was obtained, such as `jwt:deploy` or `oidc:corp`.
+    /// The way the session was obtained, such as `jwt:deploy` or `oidc:corp`.
     pub method: String,
 }
 
@@ -81,7 +81,7 @@ pub struct OidcStartBody {
     /// The connector; may be left out when exactly one is configured.
     #[serde(default)]
     pub connector: Option<String>,
-    /// Where the provider sends the browser back: `http://127.0.0.1:PORT/callback`.
+    /// The address the provider sends the browser back to: `http://127.0.0.1:PORT/callback`.
     pub redirect_uri: String,
 }
 

@@ -47,7 +47,8 @@ pub struct WorkloadLogin {
 }
 
 impl WorkloadLogin {
-    /// The JWT to exchange, when a role is named: from `--jwt-file`, else LATCHKEY_JWT.
+    /// Returns the role and the JWT to exchange, when a role is named: from `--jwt-file`,
+    /// else LATCHKEY_JWT.
     fn jwt(&self) -> CliResult<Option<(String, Zeroizing<String>)>> {
         let Some(role) = &self.role else {
             return Ok(None);
