@@ -39,7 +39,8 @@ impl CliError {
     pub fn api(status: u16, code: &str, message: &str) -> CliError {
         let exit_code = match status {
             400 | 409 | 413 | 415 | 422 => EXIT_USAGE,
-            401 => EXIT_UNAUTHENTICATED,
+            // 429 is a client refused after too many failed logins.
+            401 | 429 => EXIT_UNAUTHENTICATED,
             403 => EXIT_PERMISSION_DENIED,
             404 => EXIT_NOT_FOUND,
             503 => EXIT_UNAVAILABLE,

@@ -2046,10 +2046,13 @@ fn browser_login(
         rest.push_str(&line);
         rest.push('\n');
     }
-    assert!(
-        page.contains("Return to the terminal") || page.contains("You can close"),
-        "{page}"
-    );
+    // The page shows the server's verdict, not just that a code arrived.
+    let expected = if output.status.success() {
+        "Signed in."
+    } else {
+        "Sign-in failed."
+    };
+    assert!(page.contains(expected), "{page}");
     Output {
         status: output.status,
         stdout: output.stdout,
@@ -2376,6 +2379,47 @@ fn workloads_exchange_provider_jwts_and_forged_ones_fail() {
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("login failed; an administrator can find the reason"),
+        "{}",
+        stderr(&output)
+    );
+    // The request id in the message finds the reason in the audit log.
+    let request_id = stderr(&output)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let reason = stdout(&server.root(&[
+        "audit",
+        "search",
+        "--request-id",
+        &request_id,
+        "--format",
+        "json",
+    ]));
+    assert!(
+        reason.contains("malformed_jwt") || reason.contains("bad_signature"),
+        "{reason}"
+    );
+    // A role next to LATCHKEY_TOKEN is refused rather than one of them winning silently.
+    let output = lk_at(
+        &server.addr,
+        server.root.as_deref(),
+        &fresh,
+        &[
+            "read",
+            "--role",
+            "ci",
+            "--jwt-file",
+            jwt_path,
+            "lk://staging/db/password",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("both LATCHKEY_TOKEN and the JWT role"),
         "{}",
         stderr(&output)
     );

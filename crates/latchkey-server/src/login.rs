@@ -711,9 +711,15 @@ fn check_redirect(connector: &OidcConnector, redirect_uri: &str) -> ApiResult<()
         || url.query().is_some()
     {
         return Err(ApiError::bad_request(format!(
-            "`redirect_uri` `{redirect_uri}` is not allowed for connector `{}`: use one of {}",
+            "`redirect_uri` `{redirect_uri}` is not allowed for connector `{}`: use one of {} (with `lk login`, pass `--port {}`)",
             connector.name,
-            allowed()
+            allowed(),
+            connector
+                .settings
+                .redirect_ports
+                .first()
+                .copied()
+                .unwrap_or(8250)
         )));
     }
     Ok(())
@@ -736,11 +742,26 @@ async fn provider_document(
     responses((status = 200, body = OidcStartResponse), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn oidc_start(
     State(state): State<SharedState>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<OidcStartBody>,
-) -> ApiResult<Json<OidcStartResponse>> {
+) -> Result<Json<OidcStartResponse>, Response> {
     if state.keyring.is_sealed() {
-        return Err(ApiError::sealed());
+        return Err(ApiError::sealed().into_response());
     }
+    let ctx = LoginCtx::new("oidc".into(), client);
+    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
+        return Err(refused);
+    }
+    oidc_start_checked(&state, body)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn oidc_start_checked(
+    state: &SharedState,
+    body: OidcStartBody,
+) -> ApiResult<Json<OidcStartResponse>> {
+    let state = state.clone();
     let connector = pick_connector(&state, body.connector.as_deref())?;
     check_redirect(&connector, &body.redirect_uri)?;
     let discovery = provider_document(&state, &connector).await.map_err(|f| {
@@ -748,7 +769,10 @@ pub async fn oidc_start(
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "provider_unreachable",
-            "the identity provider cannot be reached; the server log has the details",
+            format!(
+                "the identity provider of connector `{}` ({}) cannot be used: {}",
+                connector.name, connector.settings.issuer, f.detail
+            ),
         )
     })?;
     let Some(endpoint) = discovery.authorization_endpoint.as_deref() else {
@@ -1039,18 +1063,36 @@ async fn exchange(
     responses((status = 200, body = DeviceStartResponse)))]
 pub async fn device_start(
     State(state): State<SharedState>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<DeviceStartBody>,
-) -> ApiResult<Json<DeviceStartResponse>> {
+) -> Result<Json<DeviceStartResponse>, Response> {
     if state.keyring.is_sealed() {
-        return Err(ApiError::sealed());
+        return Err(ApiError::sealed().into_response());
     }
+    let ctx = LoginCtx::new("oidc-device".into(), client);
+    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
+        return Err(refused);
+    }
+    device_start_checked(&state, body)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn device_start_checked(
+    state: &SharedState,
+    body: DeviceStartBody,
+) -> ApiResult<Json<DeviceStartResponse>> {
+    let state = state.clone();
     let connector = pick_connector(&state, body.connector.as_deref())?;
     let unreachable = |detail: String| {
         tracing::warn!(connector = %connector.name, %detail, "cannot start a device login");
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "provider_unreachable",
-            "the identity provider cannot be reached or refused the device login; the server log has the details",
+            format!(
+                "the identity provider of connector `{}` ({}) cannot be reached or refused the device login: {detail}",
+                connector.name, connector.settings.issuer
+            ),
         )
     };
     let discovery = provider_document(&state, &connector)
@@ -1086,7 +1128,11 @@ pub async fn device_start(
         .await
         .map_err(|e| unreachable(format!("answered {status} without JSON: {e}")))?;
     if !status.is_success() {
-        return Err(unreachable(format!("answered {status}: {answer}")));
+        return Err(unreachable(format!(
+            "it answered {status} `{}`: {}",
+            answer["error"].as_str().unwrap_or("unknown"),
+            answer["error_description"].as_str().unwrap_or("")
+        )));
     }
     let text = |key: &str| answer[key].as_str().map(str::to_string);
     let (Some(device_code), Some(user_code), Some(verification_uri)) = (

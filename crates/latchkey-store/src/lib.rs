@@ -274,6 +274,10 @@ pub struct AuditFilter {
     pub resource_prefix: Option<String>,
     /// Exact action, e.g. `read`.
     pub action: Option<String>,
+    /// Exact request id, as error bodies and the `x-request-id` header give it.
+    pub request_id: Option<String>,
+    /// Exact grant id, from the event's `grant` detail.
+    pub grant: Option<String>,
     /// Outcome.
     pub outcome: Option<Outcome>,
     /// Events at or after this time, formatted by

@@ -893,6 +893,13 @@ impl Store for PostgresStore {
         if let Some(action) = &filter.action {
             q.push(" AND action = ").push_bind(action.clone());
         }
+        if let Some(request_id) = &filter.request_id {
+            q.push(" AND request_id = ").push_bind(request_id.clone());
+        }
+        if let Some(grant) = &filter.grant {
+            q.push(" AND (detail::jsonb ->> 'grant') = ")
+                .push_bind(grant.clone());
+        }
         if let Some(outcome) = filter.outcome {
             q.push(" AND outcome = ").push_bind(outcome_str(outcome));
         }

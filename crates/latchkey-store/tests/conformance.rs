@@ -578,6 +578,56 @@ async fn tokens_commit_with_their_audit_event(store: &dyn Store) {
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, events[0].seq);
 }
 
+async fn audit_search_by_request_and_grant(store: &dyn Store) {
+    let head = store.audit_head().await.unwrap();
+    let mut events = Vec::new();
+    let (mut seq, mut prev) = match &head {
+        Some((seq, hash)) => (*seq, hex_to_array(hash)),
+        None => (0, GENESIS_HASH),
+    };
+    for (request, grant) in [
+        ("req-a", None),
+        ("req-b", Some("grt_1")),
+        ("req-c", Some("grt_2")),
+    ] {
+        seq += 1;
+        let mut rec = record(seq);
+        rec.request_id = request.into();
+        if let Some(grant) = grant {
+            rec.detail.insert("grant".into(), grant.into());
+        }
+        let event = seal_event(seq, &prev, rec);
+        prev = hex_to_array(&event.hash);
+        events.push(event);
+    }
+    store.append_audit(&events).await.unwrap();
+    let search = |request_id: Option<&str>, grant: Option<&str>| AuditFilter {
+        limit: 100,
+        request_id: request_id.map(str::to_string),
+        grant: grant.map(str::to_string),
+        ..AuditFilter::default()
+    };
+    let found = store
+        .search_audit(&search(Some("req-b"), None))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.request_id, "req-b");
+    let found = store
+        .search_audit(&search(None, Some("grt_2")))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.request_id, "req-c");
+    assert!(
+        store
+            .search_audit(&search(Some("req-a"), Some("grt_1")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn assert_head_moved(result: Result<(), StoreError>, why: &str) {
     match result {
         Err(StoreError::Concurrent(what)) => assert_eq!(what, "audit chain head", "{why}"),
@@ -1398,6 +1448,7 @@ mod sqlite_backend {
     sqlite_case!(checkpoints_are_stored_in_order_once);
     sqlite_case!(audit_signing_key_is_created_once);
     sqlite_case!(audit_search_filters_in_sql);
+    sqlite_case!(audit_search_by_request_and_grant);
     sqlite_case!(tokens_commit_with_their_audit_event);
     sqlite_case!(concurrent_policy_writes_all_succeed);
     sqlite_case!(connectors_replace_by_kind_and_name);
@@ -1631,6 +1682,7 @@ mod postgres_backend {
     postgres_case!(checkpoints_are_stored_in_order_once);
     postgres_case!(audit_signing_key_is_created_once);
     postgres_case!(audit_search_filters_in_sql);
+    postgres_case!(audit_search_by_request_and_grant);
     postgres_case!(tokens_commit_with_their_audit_event);
     postgres_case!(concurrent_policy_writes_all_succeed);
     postgres_case!(connectors_replace_by_kind_and_name);

@@ -93,6 +93,12 @@ pub enum AuditCommand {
         /// Exact action, such as `read`.
         #[arg(long)]
         action: Option<String>,
+        /// The request id an error message or the `x-request-id` header gave.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// A grant id: the events of reads under that grant.
+        #[arg(long)]
+        grant: Option<String>,
         #[arg(long, value_enum)]
         outcome: Option<OutcomeArg>,
         /// RFC 3339 time, or a duration before now such as `7d`.
@@ -147,6 +153,8 @@ struct Filters {
     principal: Option<String>,
     resource: Option<String>,
     action: Option<String>,
+    request_id: Option<String>,
+    grant: Option<String>,
     outcome: Option<&'static str>,
     since: Option<String>,
     until: Option<String>,
@@ -163,6 +171,8 @@ async fn page(client: &Client, after: u64, limit: u32, filters: &Filters) -> Cli
             ("principal", filters.principal.as_deref()),
             ("resource", filters.resource.as_deref()),
             ("action", filters.action.as_deref()),
+            ("request_id", filters.request_id.as_deref()),
+            ("grant", filters.grant.as_deref()),
             ("outcome", filters.outcome),
             ("since", filters.since.as_deref()),
             ("until", filters.until.as_deref()),
@@ -803,6 +813,8 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
             principal,
             resource,
             action,
+            request_id,
+            grant,
             outcome,
             since,
             until,
@@ -815,6 +827,8 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
                 principal,
                 resource,
                 action,
+                request_id,
+                grant,
                 outcome: outcome.map(OutcomeArg::as_str),
                 since: time_arg("since", since)?,
                 until: time_arg("until", until)?,

@@ -47,6 +47,19 @@ pub struct WorkloadLogin {
 }
 
 impl WorkloadLogin {
+    /// Refuses a role together with LATCHKEY_TOKEN: running as whichever identity wins
+    /// silently would be worse than stopping.
+    fn refuse_with_token(&self) -> CliResult<()> {
+        if let Some(role) = &self.role
+            && std::env::var("LATCHKEY_TOKEN").is_ok_and(|t| !t.trim().is_empty())
+        {
+            return Err(CliError::usage(format!(
+                "both LATCHKEY_TOKEN and the JWT role `{role}` (--role or LATCHKEY_ROLE) are set: unset LATCHKEY_TOKEN to log in with the role, or drop the role to use the token"
+            )));
+        }
+        Ok(())
+    }
+
     /// Returns the role and the JWT to exchange, when a role is named: from `--jwt-file`,
     /// else LATCHKEY_JWT.
     fn jwt(&self) -> CliResult<Option<(String, Zeroizing<String>)>> {
@@ -81,9 +94,7 @@ impl WorkloadLogin {
     /// otherwise from LATCHKEY_TOKEN or `lk login`. The second value is the token to revoke
     /// when the command ends, since nobody else will use it.
     pub async fn client(&self) -> CliResult<(Client, Option<Zeroizing<String>>)> {
-        if std::env::var("LATCHKEY_TOKEN").is_ok_and(|t| !t.trim().is_empty()) {
-            return Ok((Client::from_env()?, None));
-        }
+        self.refuse_with_token()?;
         match self.jwt()? {
             None => Ok((Client::from_env()?, None)),
             Some((role, jwt)) => {
@@ -163,13 +174,38 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
         }
         return Ok(());
     }
+    let jwt = args.workload.jwt()?;
+    if jwt.is_some() && (args.device || args.connector.is_some() || args.no_browser) {
+        return Err(CliError::usage(
+            "--role/--jwt-file logs in with a JWT; --device, --connector and --no-browser are for signing in through an OIDC provider: give one or the other",
+        ));
+    }
+    args.workload.refuse_with_token()?;
     let client = Client::new(None)?;
-    let session = match args.workload.jwt()? {
+    let session = match jwt {
         Some((role, jwt)) => jwt_login(&client, &role, &jwt).await?,
         None if args.device => device_login(&client, args.connector.as_deref()).await?,
         None => browser_login(&client, &args).await?,
     };
+    let previous = std::fs::read_to_string(token_file()?)
+        .ok()
+        .map(|text| Zeroizing::new(text.trim().to_string()));
     let path = store_token(&session.token)?;
+    // The replaced session has no other copy, so end it rather than leave it live.
+    if let Some(previous) =
+        previous.filter(|p| !p.is_empty() && p.as_str() != session.token.as_str())
+    {
+        let previous = client.with_token(previous);
+        if let Ok(url) = previous.url(&["v1", "tokens", "self", "revoke"]) {
+            // An expired or already revoked token has nothing left to end.
+            let _ = previous.raw::<()>(reqwest::Method::POST, url, None).await;
+        }
+    }
+    if std::env::var("LATCHKEY_TOKEN").is_ok_and(|t| !t.trim().is_empty()) {
+        eprintln!(
+            "lk: note: LATCHKEY_TOKEN is set and takes precedence over the stored token; unset it to use this session"
+        );
+    }
     if format == Format::Json {
         output::json(&session.body);
     } else {
@@ -290,7 +326,7 @@ async fn browser_login(client: &Client, args: &LoginArgs) -> CliResult<Session> 
         eprintln!("To sign in, open this URL in a browser on this machine:\n\n    {auth_url}\n");
     }
     eprintln!("Waiting for the sign-in to finish (Ctrl-C to cancel)...");
-    let (code, state) = tokio::time::timeout(
+    let (code, state, browser) = tokio::time::timeout(
         std::time::Duration::from_secs(600),
         wait_for_callback(listener, &expected_state),
     )
@@ -298,20 +334,53 @@ async fn browser_login(client: &Client, args: &LoginArgs) -> CliResult<Session> 
     .map_err(|_| {
         CliError::other("the sign-in was not finished within 10 minutes; run `lk login` again")
     })??;
-    let body: serde_json::Value = client
-        .post(
+    // The browser waits for the server's verdict, so its page tells the truth.
+    let result = client
+        .post::<_, serde_json::Value>(
             &["v1", "auth", "oidc", "callback"],
             &serde_json::json!({"state": state, "code": code.as_str()}),
         )
-        .await?;
-    session_from(body)
+        .await;
+    match &result {
+        Ok(_) => {
+            answer_browser(
+                browser,
+                "200 OK",
+                "Signed in. You can close this window and return to the terminal.",
+            )
+            .await
+        }
+        Err(_) => {
+            answer_browser(
+                browser,
+                "401 Unauthorized",
+                "Sign-in failed. The terminal says why.",
+            )
+            .await
+        }
+    }
+    session_from(result?)
+}
+
+/// Writes a one-line page to the browser and closes the connection.
+async fn answer_browser(mut stream: tokio::net::TcpStream, status: &str, page: &str) {
+    use tokio::io::AsyncWriteExt;
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Latchkey</title></head><body><p>{page}</p></body></html>"
+    );
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{html}",
+        html.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Serves the loopback redirect until one arrives with the expected state.
 async fn wait_for_callback(
     listener: tokio::net::TcpListener,
     expected_state: &str,
-) -> CliResult<(Zeroizing<String>, String)> {
+) -> CliResult<(Zeroizing<String>, String, tokio::net::TcpStream)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let (mut stream, _) = listener.accept().await?;
@@ -346,41 +415,38 @@ async fn wait_for_callback(
         };
         let query: std::collections::HashMap<String, String> =
             url.query_pairs().into_owned().collect();
-        let (status, page, outcome) =
-            match (query.get("code"), query.get("state"), query.get("error")) {
-                (_, _, Some(error)) => (
+        let matches = query.get("state").is_some_and(|s| s == expected_state);
+        match (query.get("code"), query.get("error")) {
+            (_, Some(error)) if matches => {
+                answer_browser(
+                    stream,
                     "400 Bad Request",
                     "Sign-in failed. Return to the terminal.",
-                    Some(Err(CliError::other(format!(
-                        "the identity provider refused the sign-in: {error} {}",
-                        query
-                            .get("error_description")
-                            .map(String::as_str)
-                            .unwrap_or("")
-                    )))),
-                ),
-                (Some(code), Some(state), None) if state == expected_state => (
-                    "200 OK",
-                    "Signed in. You can close this window and return to the terminal.",
-                    Some(Ok((Zeroizing::new(code.clone()), state.clone()))),
-                ),
-                _ => (
+                )
+                .await;
+                return Err(CliError::other(format!(
+                    "the identity provider refused the sign-in: {error} {}",
+                    query
+                        .get("error_description")
+                        .map(String::as_str)
+                        .unwrap_or("")
+                )));
+            }
+            (Some(code), None) if matches => {
+                return Ok((
+                    Zeroizing::new(code.clone()),
+                    expected_state.to_string(),
+                    stream,
+                ));
+            }
+            _ => {
+                answer_browser(
+                    stream,
                     "400 Bad Request",
                     "This sign-in link does not match the one lk started. Return to the terminal.",
-                    None,
-                ),
-            };
-        let html = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Latchkey</title></head><body><p>{page}</p></body></html>"
-        );
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{html}",
-            html.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        if let Some(outcome) = outcome {
-            return outcome;
+                )
+                .await;
+            }
         }
     }
 }
