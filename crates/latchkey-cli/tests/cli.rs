@@ -2114,7 +2114,7 @@ fn people_sign_in_through_the_provider_in_a_browser_and_on_a_device() {
         "{listed}"
     );
     let shown = stdout(&server.root(&["auth", "oidc", "show", "corp"]));
-    assert!(shown.contains("client secret    stored"), "{shown}");
+    assert!(shown.contains("client secret      stored"), "{shown}");
     assert!(!shown.contains("latchkey-secret"), "{shown}");
 
     // Developers read staging, from the shipped example policy.

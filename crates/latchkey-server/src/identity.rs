@@ -294,6 +294,14 @@ fn lifetimes(
         Some(text) => parse("max_ttl", text)?,
         None => default_max.min(server_max),
     };
+    // Where the bound came from, so the message says what to change.
+    let max_source = match max_ttl {
+        Some(_) => "",
+        None if default_max < server_max => {
+            " (the default for agent roles; set `max_ttl` to allow longer tokens)"
+        }
+        None => " (the server's `tokens.max_ttl`)",
+    };
     let ttl = match ttl {
         Some(text) => parse("ttl", text)?,
         None => default_ttl.min(max),
@@ -308,7 +316,7 @@ fn lifetimes(
     }
     if ttl > max {
         return Err(format!(
-            "`ttl` {} is longer than `max_ttl` {}",
+            "`ttl` {} is longer than `max_ttl` {}{max_source}",
             show(ttl),
             show(max)
         ));

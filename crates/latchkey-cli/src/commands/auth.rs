@@ -288,18 +288,18 @@ fn show(kind: &str, value: &Value, format: Format) {
         text(value, "source")
     );
     if let Some(settings) = value["settings"].as_object() {
-        for (key, setting) in settings {
+        for (key, setting) in settings.iter().filter(|(_, v)| !v.is_null()) {
             let shown = match setting {
                 Value::String(s) => s.clone(),
                 Value::Array(_) => list_text(setting),
                 other => other.to_string(),
             };
-            println!("  {key:<16} {shown}");
+            println!("  {key:<18} {shown}");
         }
     }
     if value.get("has_client_secret").is_some() {
         println!(
-            "  {:<16} {}",
+            "  {:<18} {}",
             "client secret",
             if value["has_client_secret"] == true {
                 "stored"
@@ -308,8 +308,8 @@ fn show(kind: &str, value: &Value, format: Format) {
             }
         );
     }
-    println!("  {:<16} {}", "token ttl", text(value, "ttl"));
-    println!("  {:<16} {}", "token max ttl", text(value, "max_ttl"));
+    println!("  {:<18} {}", "token ttl", text(value, "ttl"));
+    println!("  {:<18} {}", "token max ttl", text(value, "max_ttl"));
 }
 
 pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
