@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Runs the scim2-tester compliance checks (PyPI `scim2-cli`, `scim2-tester`) against a fresh
-# `lk server --dev` on 127.0.0.1, and fails unless every check reports SUCCESS or one of
-# the SKIPPED checks explained in the README's SCIM section.
+# `lk server --dev` on 127.0.0.1, and fails unless every check reports SUCCESS.
 #
 # Usage: tests/scim/run.sh    (from the repository root; builds `lk` in debug mode)
 set -euo pipefail
@@ -63,19 +62,14 @@ tester_status=$?
 set -e
 cat "$work/report.txt"
 
-# Each check is a status line followed by an indented reason line. A SKIPPED check is
-# allowed only with the reason the README explains; any other non-SUCCESS status fails.
-allowed_skip='searching several resource types at once'
-failed="$(awk -v allowed="$allowed_skip" '
-    /^(SUCCESS|COMPLIANT|ACCEPTABLE|DEVIATION|SKIPPED|ERROR|CRITICAL) / { if (pending != "") print pending; pending = ""; status = $1; line = $0; next }
-    /^  / && status != "" { if (status != "SUCCESS" && !(status == "SKIPPED" && index($0, allowed))) pending = line " -" $0; status = ""; next }
-    END { if (pending != "") print pending }
-' "$work/report.txt")"
+# Each check is a status line followed by an indented reason line; every check must
+# report SUCCESS.
+failed="$(grep -E '^(COMPLIANT|ACCEPTABLE|DEVIATION|SKIPPED|ERROR|CRITICAL) ' -A1 "$work/report.txt" || true)"
 successes="$(grep -cE '^SUCCESS ' "$work/report.txt" || true)"
 skipped="$(grep -cE '^SKIPPED ' "$work/report.txt" || true)"
 others="$(grep -cE '^(COMPLIANT|ACCEPTABLE|DEVIATION|ERROR|CRITICAL) ' "$work/report.txt" || true)"
 echo "scim2-tester: $successes SUCCESS, $skipped SKIPPED, $others other (tester exit status $tester_status)"
-if [ -n "$failed" ] || [ "$successes" -eq 0 ]; then
+if [ -n "$failed" ] || [ "$successes" -eq 0 ] || [ "$tester_status" -ne 0 ]; then
     echo "unexpected results:" >&2
     echo "$failed" >&2
     exit 1

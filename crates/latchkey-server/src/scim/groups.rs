@@ -188,20 +188,24 @@ pub async fn get(
     ))
 }
 
-async fn list_with(
-    state: &SharedState,
-    headers: &HeaderMap,
-    params: ListParams,
-) -> ScimResult<Response> {
+/// Renders every SCIM group, for lists and searches.
+pub(super) async fn all(state: &SharedState, headers: &HeaderMap) -> ScimResult<Vec<Value>> {
     let base = base_url(headers);
-    let resources = state
+    state
         .store
         .scim_groups()
         .await?
         .iter()
         .map(|row| render(&base, row))
-        .collect::<ScimResult<Vec<_>>>()?;
-    Ok(list_response(resources, &params))
+        .collect()
+}
+
+async fn list_with(
+    state: &SharedState,
+    headers: &HeaderMap,
+    params: ListParams,
+) -> ScimResult<Response> {
+    Ok(list_response(all(state, headers).await?, &params))
 }
 
 pub async fn list(

@@ -91,12 +91,19 @@ async fn method_not_allowed() -> ScimApiError {
     )
 }
 
-async fn search_all() -> ScimApiError {
-    ScimApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        None,
-        "searching several resource types at once is not supported: POST to /Users/.search or /Groups/.search",
-    )
+/// Searches users and groups together (`POST /.search`): users first, then groups, with
+/// one filter, pagination and projection over both.
+async fn search_all(
+    State(state): State<SharedState>,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ScimResult<Response> {
+    let params = ListParams::from_map(&parse_body(&body)?)?;
+    prepare_audit(&ctx, "scim_search", "Scim::\"*\"");
+    let mut resources = users::all(&state, &headers).await?;
+    resources.extend(groups::all(&state, &headers).await?);
+    Ok(list_response(resources, &params))
 }
 
 /// An error in the SCIM form (RFC 7644 section 3.12).

@@ -275,11 +275,8 @@ pub async fn get(
     ))
 }
 
-async fn list_with(
-    state: &SharedState,
-    headers: &HeaderMap,
-    params: ListParams,
-) -> ScimResult<Response> {
+/// Renders every SCIM user, for lists and searches.
+pub(super) async fn all(state: &SharedState, headers: &HeaderMap) -> ScimResult<Vec<Value>> {
     let base = base_url(headers);
     let mut resources = Vec::new();
     // NOTE: filters run in memory over every SCIM user, which is fine for thousands of
@@ -287,7 +284,15 @@ async fn list_with(
     for row in state.store.scim_users().await? {
         resources.push(render(state, &base, &row).await?);
     }
-    Ok(list_response(resources, &params))
+    Ok(resources)
+}
+
+async fn list_with(
+    state: &SharedState,
+    headers: &HeaderMap,
+    params: ListParams,
+) -> ScimResult<Response> {
+    Ok(list_response(all(state, headers).await?, &params))
 }
 
 pub async fn list(
