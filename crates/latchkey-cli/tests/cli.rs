@@ -1914,7 +1914,8 @@ impl Provider {
         }
     }
 
-    /// A workload identity token: the provider's JWT access token for `urn:latchkey`.
+    /// Returns a workload identity token: the provider's JWT access token for
+    /// `urn:latchkey`.
     fn workload_jwt(&self) -> String {
         let output = Command::new("curl")
             .args([
@@ -2061,7 +2062,7 @@ fn browser_login(
 }
 
 #[test]
-fn people_sign_in_through_the_provider_in_a_browser_and_on_a_device() {
+fn oidc_browser_and_device_sign_in() {
     let provider = Provider::start();
     let work = tempfile::tempdir().unwrap();
     let server = Server::start_dev(&work.path().join("data"), true);
@@ -2274,7 +2275,7 @@ fn people_sign_in_through_the_provider_in_a_browser_and_on_a_device() {
 }
 
 #[test]
-fn workloads_exchange_provider_jwts_and_forged_ones_fail() {
+fn jwt_login_read_and_run() {
     let provider = Provider::start();
     let work = tempfile::tempdir().unwrap();
     let server = Server::start_dev(&work.path().join("data"), true);
@@ -2693,7 +2694,7 @@ fn scim(
 }
 
 #[test]
-fn sign_in_links_to_the_scim_user_and_follows_deactivation() {
+fn oidc_sign_in_links_scim_user() {
     let provider = Provider::start();
     let work = tempfile::tempdir().unwrap();
     let server = Server::start_dev(&work.path().join("data"), true);

@@ -80,7 +80,7 @@ pub struct ClaimRules {
     pub nonce: Option<String>,
 }
 
-/// Who a verified token says its bearer is.
+/// The identity a verified token gives its bearer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedToken {
     /// The value of the user claim.
@@ -133,8 +133,8 @@ pub fn peek_header(token: &str) -> Result<TokenHeader, JwtError> {
     Ok(TokenHeader { alg, kid })
 }
 
-/// The asymmetric algorithms a token may use. `none` and HMAC are never accepted: with a
-/// provider's public key as the HMAC secret anyone could sign.
+/// Maps an accepted `alg` to its algorithm: asymmetric ones only. `none` and HMAC are
+/// rejected, because anyone could sign HMAC with a provider's public key as the secret.
 fn accepted_algorithm(alg: &str) -> Option<Algorithm> {
     Some(match alg {
         "RS256" => Algorithm::RS256,
@@ -161,7 +161,7 @@ impl KeySet {
     /// Parses a JWKS document (`{"keys": [...]}`).
     ///
     /// # Errors
-    /// A message when the document is not JSON with a `keys` array, or holds no usable key.
+    /// A message when the document is not JSON with a `keys` array, or contains no usable key.
     pub fn from_json(text: &[u8]) -> Result<KeySet, String> {
         let value: Value =
             serde_json::from_slice(text).map_err(|e| format!("the key set is not JSON: {e}"))?;
@@ -175,7 +175,7 @@ impl KeySet {
             .filter(|jwk| !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)))
             .collect();
         if keys.is_empty() {
-            return Err("the key set holds no usable signing key".into());
+            return Err("the key set contains no usable signing key".into());
         }
         Ok(KeySet { keys })
     }
@@ -286,8 +286,8 @@ pub fn verify(
         why: e.to_string(),
     })?;
 
-    // Only the signature is checked here; the claims get the checks below, which name the
-    // claim at fault and apply one leeway to all three times.
+    // Only the signature is checked here. The claim checks below name the claim at fault
+    // and apply one leeway to all three times.
     let mut validation = Validation::new(alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
@@ -433,9 +433,9 @@ pub fn check_claims(
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|item| {
-                    item.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| JwtError::claim(claim, "holds a value that is not a string"))
+                    item.as_str().map(str::to_string).ok_or_else(|| {
+                        JwtError::claim(claim, "contains a value that is not a string")
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => {
@@ -447,7 +447,7 @@ pub fn check_claims(
             None => {
                 return Err(JwtError::claim(
                     claim,
-                    "is missing; the groups claim is configured, so a token without it is refused rather than signed in with no groups",
+                    "is missing; the groups claim is configured, so a token without it is rejected rather than signed in with no groups",
                 ));
             }
         },
@@ -474,7 +474,7 @@ fn check_audience(aud: Option<&Value>, audiences: &[String]) -> Result<(), JwtEr
             .iter()
             .map(|v| {
                 v.as_str()
-                    .ok_or_else(|| JwtError::claim("aud", "holds a value that is not a string"))
+                    .ok_or_else(|| JwtError::claim("aud", "contains a value that is not a string"))
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(JwtError::claim("aud", "is neither a string nor an array")),
@@ -511,7 +511,8 @@ fn check_audience(aud: Option<&Value>, audiences: &[String]) -> Result<(), JwtEr
     }
 }
 
-/// The string forms of a claim: a string, a number or a boolean, or an array of those.
+/// Returns the string forms of a claim: a string, a number or a boolean, or an array of
+/// those.
 fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, JwtError> {
     fn scalar(value: &Value) -> Option<String> {
         match value {
@@ -526,7 +527,7 @@ fn claim_strings(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {
-                scalar(v).ok_or_else(|| JwtError::claim(claim, "holds a value that is not text"))
+                scalar(v).ok_or_else(|| JwtError::claim(claim, "contains a value that is not text"))
             })
             .collect(),
         Some(value) => scalar(value)
@@ -691,7 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn a_good_token_verifies_with_ec_and_ed25519_keys() {
+    fn verify_accepts_ec_and_ed25519_keys() {
         for signer in [ec_signer("k1"), ed_signer("k1")] {
             let token = signer.sign(&claims());
             let verified = verify(&token, &keys(&[&signer]), &rules(), NOW).unwrap();
@@ -702,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_signed_by_another_key_fails_the_signature() {
+    fn verify_rejects_another_keys_signature() {
         let good = ec_signer("k1");
         let forger = ec_signer("k1");
         let token = forger.sign(&claims());
@@ -713,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn none_and_hmac_algorithms_are_refused_by_name() {
+    fn verify_rejects_none_and_hmac() {
         let signer = ec_signer("k1");
         let body = URL_SAFE_NO_PAD.encode(claims().to_string());
         let none = format!(
@@ -741,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_declared_for_another_algorithm_or_curve_is_refused() {
+    fn verify_rejects_mismatched_key_algorithm() {
         let signer = ec_signer("k1");
         let token = signer.sign(&claims());
         let mut declared = signer.jwk.clone();
@@ -760,7 +761,7 @@ mod tests {
     }
 
     #[test]
-    fn symmetric_keys_in_a_key_set_are_never_used() {
+    fn verify_rejects_symmetric_keys() {
         let signer = ec_signer("k1");
         let token = signer.sign(&claims());
         let set = KeySet::from_json(
@@ -776,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kid_is_reported_so_the_server_can_refetch() {
+    fn verify_reports_unknown_kid() {
         let signer = ec_signer("new-key");
         let old = ec_signer("old-key");
         let token = signer.sign(&claims());
@@ -816,7 +817,7 @@ mod tests {
         };
         // Issued 30 s in the future: inside the default 60 s leeway.
         assert!(verify(&signer.sign(&future(30)), &set, &rules(), NOW).is_ok());
-        // 120 s in the future: refused, naming the claim.
+        // 120 s in the future: rejected, naming the claim.
         let error = verify(&signer.sign(&future(120)), &set, &rules(), NOW).unwrap_err();
         assert_eq!(claim_of(error.clone()), "nbf");
         assert!(error.to_string().contains("120 s from now"), "{error}");
@@ -872,7 +873,7 @@ mod tests {
     }
 
     #[test]
-    fn a_role_without_audiences_refuses_any_aud() {
+    fn verify_without_audiences_rejects_aud() {
         let signer = ec_signer("k1");
         let set = keys(&[&signer]);
         let open = ClaimRules {
@@ -969,7 +970,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_without_kid_uses_the_only_fitting_key() {
+    fn verify_without_kid_uses_only_key() {
         let signer = ec_signer("k1");
         let mut header = Header::new(Algorithm::ES256);
         header.kid = None;

@@ -4,7 +4,7 @@
 //!
 //! Connectors come from two places: the `[auth]` section of the server config file, and
 //! the admin API (`lk auth ...`), which stores them in the database so every node on it
-//! sees them. A name defined in the config file cannot be changed through the API.
+//! loads them. A name defined in the config file cannot be changed through the API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,18 +18,18 @@ use latchkey_store::ConnectorRow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Longest and shortest time a fetched key set or discovery document is trusted, whatever
-/// its `Cache-Control` says.
+/// Bounds on how long a fetched key set or discovery document is trusted, applied to its
+/// `Cache-Control: max-age`.
 const MIN_CACHE: Duration = Duration::from_secs(60);
 const MAX_CACHE: Duration = Duration::from_secs(24 * 3600);
 /// Cache lifetime when the provider sends no `max-age`.
 const DEFAULT_CACHE: Duration = Duration::from_secs(300);
-/// Fetches of one key set are at least this far apart, however many tokens name a key it
-/// does not hold: a burst of forged `kid`s costs the provider one request per window.
+/// Minimum time between refetches of one key set for tokens naming an unknown `kid`, so a
+/// burst of forged `kid`s costs the provider one request per window.
 pub const REFETCH_WINDOW: Duration = Duration::from_secs(10);
-/// How long a request to a provider may take.
+/// Timeout of one request to a provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a token from an agent role lives when the role does not say.
+/// Maximum token lifetime of an agent role that sets no `max_ttl`, in seconds.
 pub const AGENT_DEFAULT_MAX_TTL: u64 = 15 * 60;
 
 fn default_user_claim() -> String {
@@ -88,12 +88,12 @@ pub struct OidcSettings {
     /// (created by an admin or by SCIM) may sign in.
     #[serde(default = "default_true")]
     pub create_users: bool,
-    /// How a login finds its user among those provisioned over SCIM, tried in order:
+    /// Methods that match a login to a user provisioned over SCIM, tried in order:
     /// `external_id` (matched with the `sub` claim), `user_name` (with the user claim) and
     /// `email` (with `email`, when `email_verified` is true).
     #[serde(default = "default_link_scim_by")]
     pub link_scim_by: Vec<String>,
-    /// Refuse a login that matches no user provisioned over SCIM.
+    /// Rejects a login that matches no user provisioned over SCIM.
     #[serde(default)]
     pub require_scim_user: bool,
 }
@@ -125,8 +125,8 @@ impl Patterns {
 pub struct JwtRoleSettings {
     /// The exact `iss` of accepted tokens.
     pub issuer: String,
-    /// Where the issuer publishes its keys. Without it and without `jwks`, the keys are
-    /// found through the issuer's OpenID discovery document.
+    /// URL of the issuer's key set. Without it and without `jwks`, the key set is found
+    /// through the issuer's OpenID discovery document.
     #[serde(default)]
     pub jwks_url: Option<String>,
     /// Static keys, as a JWKS document (`{"keys": [...]}`).
@@ -154,7 +154,7 @@ pub struct JwtRoleSettings {
     /// Lifetime of the token a login yields, such as `15m`.
     #[serde(default)]
     pub ttl: Option<String>,
-    /// Longest the token may live with renewals. Agents default to 15 minutes.
+    /// Maximum token lifetime, renewals included. Agents default to 15 minutes.
     #[serde(default)]
     pub max_ttl: Option<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (default 60).
@@ -177,7 +177,7 @@ pub struct AuthConfig {
     pub failed_logins_per_minute: Option<u32>,
 }
 
-/// Where a connector was defined.
+/// The place a connector was defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -185,7 +185,7 @@ pub enum Source {
     Api,
 }
 
-/// Where a role's keys come from.
+/// The source of a role's keys.
 #[derive(Clone)]
 pub enum KeySource {
     Static(Arc<KeySet>),
@@ -294,7 +294,7 @@ fn lifetimes(
         Some(text) => parse("max_ttl", text)?,
         None => default_max.min(server_max),
     };
-    // Where the bound came from, so the message says what to change.
+    // The origin of the bound, so the message names the setting to change.
     let max_source = match max_ttl {
         Some(_) => "",
         None if default_max < server_max => {
@@ -667,7 +667,8 @@ impl ProviderClient {
         Ok((body, lifetime))
     }
 
-    /// Returns the issuer's discovery document, fetched at most once per its lifetime.
+    /// Returns the issuer's discovery document, fetched again once its cache lifetime has
+    /// passed. While none was ever fetched, every call tries again.
     ///
     /// # Errors
     /// A message for the operator log when it cannot be fetched or does not match.
@@ -790,8 +791,8 @@ impl ProviderClient {
     }
 }
 
-/// The error and its causes on one line: reqwest's top-level message alone rarely says
-/// what went wrong.
+/// Formats an error and its causes on one line, because reqwest's top-level message
+/// alone rarely names the cause.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -2,9 +2,9 @@
 //! OpenID Connect authorization-code and device flows for people.
 //!
 //! These routes take no token. Every completed login, allowed or failed, writes an audit
-//! event that is durable before the answer. A failed login answers the same 401 whatever
-//! the cause; the cause goes to the operator log and the audit event, and repeated
-//! failures from one address are refused for a while.
+//! event that is durable before the response. A failed login gets the same 401 whatever
+//! the cause. The cause goes to the operator log and the audit event, and repeated
+//! failures from one address are rejected for a while.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +37,7 @@ use crate::state::SharedState;
 
 /// How long a started login may wait for its callback or approval.
 const CODE_LOGIN_LIFETIME: i64 = 600;
-/// Failed logins one client address may make per minute when the config does not say.
+/// Default number of failed logins one client address may make per minute.
 pub const DEFAULT_FAILED_LOGINS_PER_MINUTE: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -241,7 +241,7 @@ fn login_failed() -> ApiError {
     )
 }
 
-/// Records a failed login (operator log, audit log, rate limit) and returns its answer.
+/// Records a failed login (operator log, audit log, rate limit) and returns its response.
 async fn fail(state: &SharedState, ctx: &LoginCtx, failure: Failure) -> Response {
     tracing::warn!(
         method = %ctx.method,
@@ -265,12 +265,12 @@ async fn fail(state: &SharedState, ctx: &LoginCtx, failure: Failure) -> Response
     login_failed().into_response()
 }
 
-/// Refuses a client that failed too often, after recording that in the audit log.
-async fn refuse_if_limited(state: &SharedState, ctx: &LoginCtx) -> Option<Response> {
+/// Rejects a client that failed too often, after recording that in the audit log.
+async fn reject_if_limited(state: &SharedState, ctx: &LoginCtx) -> Option<Response> {
     let wait = state
         .login_failures
         .blocked_for(ctx.client.map(|c| c.ip()), failure_limit(state))?;
-    tracing::warn!(method = %ctx.method, client = ?ctx.client.map(|c| c.ip()), "login refused: too many failures");
+    tracing::warn!(method = %ctx.method, client = ?ctx.client.map(|c| c.ip()), "login rejected: too many failed logins from this address");
     let record = ctx.record(
         "anonymous".into(),
         Outcome::Failed,
@@ -291,7 +291,7 @@ async fn refuse_if_limited(state: &SharedState, ctx: &LoginCtx) -> Option<Respon
     Some(response)
 }
 
-/// What a verified identity becomes.
+/// The principal a verified identity maps to, and the token it gets.
 struct Subject {
     kind: PrincipalKind,
     name: String,
@@ -504,7 +504,7 @@ async fn issue(
     .into_response())
 }
 
-/// The client's socket address, when the server knows it (tests driving the router
+/// The client's socket address, when the connection provides it (tests driving the router
 /// directly have none).
 pub struct ClientAddr(pub Option<SocketAddr>);
 
@@ -537,8 +537,8 @@ pub async fn jwt_login(
         return ApiError::sealed().into_response();
     }
     let ctx = LoginCtx::new(format!("jwt:{}", body.role), client);
-    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
-        return refused;
+    if let Some(rejected) = reject_if_limited(&state, &ctx).await {
+        return rejected;
     }
     let registry = state.identity.registry();
     let Some(role) = registry.jwt.get(&body.role) else {
@@ -749,8 +749,8 @@ pub async fn oidc_start(
         return Err(ApiError::sealed().into_response());
     }
     let ctx = LoginCtx::new("oidc".into(), client);
-    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
-        return Err(refused);
+    if let Some(rejected) = reject_if_limited(&state, &ctx).await {
+        return Err(rejected);
     }
     oidc_start_checked(&state, body)
         .await
@@ -833,8 +833,8 @@ pub async fn oidc_callback(
         return ApiError::sealed().into_response();
     }
     let mut ctx = LoginCtx::new("oidc".into(), client);
-    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
-        return refused;
+    if let Some(rejected) = reject_if_limited(&state, &ctx).await {
+        return rejected;
     }
     let row = match state.store.take_login_attempt(&id_hash(&body.state)).await {
         Ok(Some(row)) if row.flow == "code" => row,
@@ -949,7 +949,7 @@ enum Exchange {
     Pending { slow_down: bool },
 }
 
-/// The connector's client secret, when it has one.
+/// Returns the connector's client secret, when it has one.
 fn client_secret(
     state: &SharedState,
     connector: &OidcConnector,
@@ -1070,8 +1070,8 @@ pub async fn device_start(
         return Err(ApiError::sealed().into_response());
     }
     let ctx = LoginCtx::new("oidc-device".into(), client);
-    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
-        return Err(refused);
+    if let Some(rejected) = reject_if_limited(&state, &ctx).await {
+        return Err(rejected);
     }
     device_start_checked(&state, body)
         .await
@@ -1145,7 +1145,7 @@ async fn device_start_checked(
         ));
     };
     let expires_in = answer["expires_in"].as_u64().unwrap_or(600).min(3600);
-    // RFC 8628: five seconds when the provider does not say.
+    // RFC 8628 section 3.2: five seconds when the provider sends no interval.
     let interval = answer["interval"].as_u64().unwrap_or(5).clamp(1, 60);
     let login_id = random_text()?;
     let hash = id_hash(&login_id);
@@ -1190,8 +1190,8 @@ pub async fn device_poll(
         return ApiError::sealed().into_response();
     }
     let mut ctx = LoginCtx::new("oidc-device".into(), client);
-    if let Some(refused) = refuse_if_limited(&state, &ctx).await {
-        return refused;
+    if let Some(rejected) = reject_if_limited(&state, &ctx).await {
+        return rejected;
     }
     let hash = id_hash(&body.login_id);
     let row = match state.store.login_attempt(&hash).await {

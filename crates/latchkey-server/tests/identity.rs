@@ -224,7 +224,7 @@ fn ci_role(keys: &KeyServer) -> Value {
 }
 
 #[tokio::test]
-async fn a_ci_job_logs_in_with_its_platform_token_and_reads_by_policy() {
+async fn jwt_login_reads_by_policy() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let h = harness(AuthConfig::default()).await;
@@ -307,7 +307,7 @@ async fn a_ci_job_logs_in_with_its_platform_token_and_reads_by_policy() {
 }
 
 #[tokio::test]
-async fn every_rejected_token_gets_the_same_answer_and_an_audited_reason() {
+async fn jwt_login_failures_look_alike() {
     let signer = Signer::new("k1");
     let forger = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
@@ -442,7 +442,7 @@ async fn every_rejected_token_gets_the_same_answer_and_an_audited_reason() {
 }
 
 #[tokio::test]
-async fn a_role_without_audiences_refuses_tokens_that_carry_one() {
+async fn jwt_role_without_audience_rejects_aud() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let h = harness(AuthConfig::default()).await;
@@ -464,7 +464,7 @@ async fn a_role_without_audiences_refuses_tokens_that_carry_one() {
 }
 
 #[tokio::test]
-async fn a_new_key_id_refetches_once_and_a_burst_of_unknown_ids_does_not() {
+async fn key_set_refetch_is_bounded() {
     let old = Signer::new("old");
     let keys = key_server(&[&old]).await;
     let h = harness(AuthConfig::default()).await;
@@ -481,7 +481,8 @@ async fn a_new_key_id_refetches_once_and_a_burst_of_unknown_ids_does_not() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(keys.fetches.load(Ordering::SeqCst), 2);
 
-    // A burst of tokens naming keys nobody has: no more fetches inside the window.
+    // A burst of tokens naming keys that no key set contains: no more fetches inside the
+    // window.
     for i in 0..20 {
         let stranger = Signer::new(&format!("forged-{i}"));
         let client = format!("127.0.1.{i}:1000");
@@ -503,7 +504,7 @@ async fn a_new_key_id_refetches_once_and_a_burst_of_unknown_ids_does_not() {
 }
 
 #[tokio::test]
-async fn an_unreachable_provider_and_a_missing_groups_claim_fail_clearly() {
+async fn jwt_login_provider_and_groups_failures() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let h = harness(AuthConfig::default()).await;
@@ -547,7 +548,7 @@ async fn an_unreachable_provider_and_a_missing_groups_claim_fail_clearly() {
 }
 
 #[tokio::test]
-async fn repeated_failures_from_one_address_are_refused_for_a_while() {
+async fn jwt_login_rate_limits_failures() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let h = harness(AuthConfig {
@@ -578,7 +579,7 @@ async fn repeated_failures_from_one_address_are_refused_for_a_while() {
 }
 
 #[tokio::test]
-async fn agent_roles_issue_short_tokens_and_stay_out_of_prod() {
+async fn agent_role_short_tokens_no_prod() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let h = harness(AuthConfig::default()).await;
@@ -675,7 +676,7 @@ async fn agent_roles_issue_short_tokens_and_stay_out_of_prod() {
 }
 
 #[tokio::test]
-async fn config_file_roles_are_read_only_and_api_roles_are_managed() {
+async fn jwt_role_admin_api() {
     let signer = Signer::new("k1");
     let keys = key_server(&[&signer]).await;
     let mut auth = AuthConfig::default();
@@ -765,7 +766,7 @@ async fn config_file_roles_are_read_only_and_api_roles_are_managed() {
             .windows(7)
             .any(|w| w == b"hunter2")
     );
-    // Nobody but an admin manages connectors.
+    // Only an admin manages connectors.
     let _ = &h.state;
     let (status, _) = h
         .call("GET", "/v1/auth/connectors", None, None, "127.0.0.1:1")

@@ -78,8 +78,8 @@ pub struct OidcSetArgs {
     /// Refuse sign-in to users that do not exist yet (created by an admin or SCIM).
     #[arg(long)]
     existing_users_only: bool,
-    /// How a sign-in finds its SCIM user, in order; repeat for more (default: external_id,
-    /// user_name, email).
+    /// A method that matches a sign-in to its SCIM user, tried in order; repeat for more
+    /// (default: external_id, user_name, email).
     #[arg(long = "link-scim-by", value_parser = ["external_id", "user_name", "email"])]
     link_scim_by: Vec<String>,
     /// Refuse sign-in to anyone who matches no user provisioned over SCIM.
@@ -94,7 +94,7 @@ pub struct JwtSetArgs {
     /// The exact `iss` of accepted tokens.
     #[arg(long)]
     issuer: String,
-    /// Where the issuer publishes its keys (default: found through OpenID discovery).
+    /// URL of the issuer's key set (default: found through OpenID discovery).
     #[arg(long, conflicts_with = "jwks_file")]
     jwks_url: Option<String>,
     /// A JWKS file with static keys.
@@ -117,7 +117,7 @@ pub struct JwtSetArgs {
     /// A group every principal of this role is in; repeat for more.
     #[arg(long = "group")]
     groups: Vec<String>,
-    /// `workload` or `agent` (agents get 15-minute tokens unless `--max-ttl` says otherwise).
+    /// `workload` or `agent` (agents get 15-minute tokens unless `--max-ttl` sets another maximum).
     #[arg(long, default_value = "workload", value_parser = ["workload", "agent"])]
     kind: String,
     #[arg(long)]

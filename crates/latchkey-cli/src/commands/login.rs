@@ -37,8 +37,8 @@ pub struct LoginArgs {
 /// and `lk run` take these, so a CI step needs one line.
 #[derive(Args, Default)]
 pub struct WorkloadLogin {
-    /// A file holding the JWT to exchange for a Latchkey token (LATCHKEY_JWT holds the JWT
-    /// itself).
+    /// A file that contains the JWT to exchange for a Latchkey token (LATCHKEY_JWT contains
+    /// the JWT itself).
     #[arg(long, env = "LATCHKEY_JWT_FILE", requires = "role")]
     jwt_file: Option<PathBuf>,
     /// The JWT role to log in with.
@@ -47,9 +47,9 @@ pub struct WorkloadLogin {
 }
 
 impl WorkloadLogin {
-    /// Refuses a role together with LATCHKEY_TOKEN: running as whichever identity wins
-    /// silently would be worse than stopping.
-    fn refuse_with_token(&self) -> CliResult<()> {
+    /// Rejects a role together with LATCHKEY_TOKEN, because running as whichever identity
+    /// wins silently would be worse than stopping.
+    fn reject_with_token(&self) -> CliResult<()> {
         if let Some(role) = &self.role
             && std::env::var("LATCHKEY_TOKEN").is_ok_and(|t| !t.trim().is_empty())
         {
@@ -90,11 +90,11 @@ impl WorkloadLogin {
         Ok(Some((role.clone(), jwt)))
     }
 
-    /// A client for one command: with a token from a JWT login when a role is named,
-    /// otherwise from LATCHKEY_TOKEN or `lk login`. The second value is the token to revoke
-    /// when the command ends, since nobody else will use it.
+    /// Returns a client for one command: with a token from a JWT login when a role is
+    /// named, otherwise from LATCHKEY_TOKEN or `lk login`. The second value is the token to
+    /// revoke when the command ends, because no other command uses it.
     pub async fn client(&self) -> CliResult<(Client, Option<Zeroizing<String>>)> {
-        self.refuse_with_token()?;
+        self.reject_with_token()?;
         match self.jwt()? {
             None => Ok((Client::from_env()?, None)),
             Some((role, jwt)) => {
@@ -129,7 +129,7 @@ fn session_from(mut body: serde_json::Value) -> CliResult<Session> {
     let token = body
         .get_mut("token")
         .and_then(|t| t.as_str().map(str::to_string))
-        .ok_or_else(|| CliError::other("the server's login answer holds no token"))?;
+        .ok_or_else(|| CliError::other("the server's login response contains no token"))?;
     body["token"] = serde_json::Value::Null;
     Ok(Session {
         token: Zeroizing::new(token),
@@ -180,7 +180,7 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
             "--role/--jwt-file logs in with a JWT; --device, --connector and --no-browser are for signing in through an OIDC provider: give one or the other",
         ));
     }
-    args.workload.refuse_with_token()?;
+    args.workload.reject_with_token()?;
     let client = Client::new(None)?;
     let session = match jwt {
         Some((role, jwt)) => jwt_login(&client, &role, &jwt).await?,
@@ -299,8 +299,8 @@ fn open_browser(url: &str) -> bool {
         .is_ok()
 }
 
-/// The authorization-code flow: listen on a loopback port, send the user to the provider,
-/// and hand the code the browser brings back to the server, which redeems and checks it.
+/// Runs the authorization-code flow: listens on a loopback port, sends the user to the
+/// provider, and passes the code the browser brings back to the server, which redeems it.
 async fn browser_login(client: &Client, args: &LoginArgs) -> CliResult<Session> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
@@ -334,7 +334,7 @@ async fn browser_login(client: &Client, args: &LoginArgs) -> CliResult<Session> 
     .map_err(|_| {
         CliError::other("the sign-in was not finished within 10 minutes; run `lk login` again")
     })??;
-    // The browser waits for the server's verdict, so its page tells the truth.
+    // The browser waits for the server's result, so its page shows the real outcome.
     let result = client
         .post::<_, serde_json::Value>(
             &["v1", "auth", "oidc", "callback"],
@@ -425,7 +425,7 @@ async fn wait_for_callback(
                 )
                 .await;
                 return Err(CliError::other(format!(
-                    "the identity provider refused the sign-in: {error} {}",
+                    "the identity provider rejected the sign-in: {error} {}",
                     query
                         .get("error_description")
                         .map(String::as_str)
@@ -451,8 +451,8 @@ async fn wait_for_callback(
     }
 }
 
-/// The device flow: show a code for the user to enter elsewhere, then poll until the
-/// provider says they approved (or refused) it.
+/// Runs the device flow: shows a code for the user to enter elsewhere, then polls until
+/// the provider reports the login approved, denied or expired.
 async fn device_login(client: &Client, connector: Option<&str>) -> CliResult<Session> {
     let start: serde_json::Value = client
         .post(
