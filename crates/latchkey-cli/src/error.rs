@@ -2,7 +2,8 @@
 //!
 //! Exit codes are part of the interface scripts rely on:
 //! 0 success, 1 error, 2 invalid usage or input, 3 not authenticated, 4 permission denied,
-//! 5 not found, 6 server unavailable (sealed, or its audit log cannot be written).
+//! 5 not found, 6 server unavailable (sealed, or its audit log cannot be written), 7 approved
+//! access needed (a read that a grant would allow, or a request that expired undecided).
 //! `lk run` exits with the child's code instead.
 
 use std::fmt;
@@ -13,6 +14,7 @@ pub const EXIT_UNAUTHENTICATED: i32 = 3;
 pub const EXIT_PERMISSION_DENIED: i32 = 4;
 pub const EXIT_NOT_FOUND: i32 = 5;
 pub const EXIT_UNAVAILABLE: i32 = 6;
+pub const EXIT_GRANT_REQUIRED: i32 = 7;
 
 #[derive(Debug)]
 pub struct CliError {
@@ -41,6 +43,7 @@ impl CliError {
             400 | 409 | 413 | 415 | 422 => EXIT_USAGE,
             // 429 is a client refused after too many failed logins.
             401 | 429 => EXIT_UNAUTHENTICATED,
+            403 if code == "grant_required" => EXIT_GRANT_REQUIRED,
             403 => EXIT_PERMISSION_DENIED,
             404 => EXIT_NOT_FOUND,
             503 => EXIT_UNAVAILABLE,

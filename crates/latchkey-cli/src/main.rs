@@ -17,8 +17,8 @@ use crate::output::Format;
     after_help = "The server address comes from LATCHKEY_ADDR (default http://127.0.0.1:8740) and the \
 token from LATCHKEY_TOKEN or `lk login`; a CI job sets LATCHKEY_ROLE and LATCHKEY_JWT (or \
 LATCHKEY_JWT_FILE) instead.\n\nExit codes: 0 success, 1 error, 2 invalid usage or input, \
-3 not authenticated, 4 permission denied, 5 not found, 6 server unavailable (sealed or audit log down); \
-`lk run` returns the command's own code."
+3 not authenticated, 4 permission denied, 5 not found, 6 server unavailable (sealed or audit log down), \
+7 approved access needed (`lk request`); `lk run` returns the command's own code."
 )]
 pub struct Cli {
     /// Output format for results.
@@ -77,6 +77,20 @@ enum Command {
     /// Build review reports from the audit log.
     #[command(subcommand)]
     Report(commands::report::ReportCommand),
+    /// Ask for time-boxed access to vaults or secrets, with a reason:
+    /// `lk request lk://prod/db --for 1h --reason "INC-4211"`.
+    Request(commands::access::RequestArgs),
+    /// List access requests you made or may review, or show one.
+    Requests(commands::access::RequestsArgs),
+    /// Approve someone else's access request.
+    Approve(commands::access::ReviewArgs),
+    /// Deny someone else's access request.
+    Deny(commands::access::ReviewArgs),
+    /// List grants: yours, or with `--all` every one you may see.
+    Grants(commands::access::GrantsArgs),
+    /// Show or revoke a grant.
+    #[command(subcommand)]
+    Grant(commands::access::GrantCommand),
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
@@ -110,6 +124,16 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Audit(command) => commands::audit::run(command, format).await,
         Command::Auth(command) => commands::auth::run(command, format).await.map(|_| 0),
         Command::Report(command) => commands::report::run(command, format).await.map(|_| 0),
+        Command::Request(args) => commands::access::request(args, format).await.map(|_| 0),
+        Command::Requests(args) => commands::access::requests(args, format).await.map(|_| 0),
+        Command::Approve(args) => commands::access::review(args, true, format)
+            .await
+            .map(|_| 0),
+        Command::Deny(args) => commands::access::review(args, false, format)
+            .await
+            .map(|_| 0),
+        Command::Grants(args) => commands::access::grants(args, format).await.map(|_| 0),
+        Command::Grant(command) => commands::access::grant(command, format).await.map(|_| 0),
     }
 }
 

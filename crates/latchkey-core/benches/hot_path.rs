@@ -87,6 +87,7 @@ fn decisions(c: &mut Criterion) {
             now: 1_800_000_000,
             grant: false,
             mfa: false,
+            duration: 0,
         };
         let request = AccessRequest {
             principal: &principal,

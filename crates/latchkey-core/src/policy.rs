@@ -162,11 +162,16 @@ pub enum Action {
     Request,
     /// Approve someone else's request (resource: `Vault`, `Secret`).
     Approve,
+    /// Have one's own request approved at once, by policy (resource: `Vault`, `Secret`).
+    AutoApprove,
+    /// Take short access at once without approval, flagged and announced (resource:
+    /// `Vault`, `Secret`).
+    BreakGlass,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
         Action::Read,
         Action::List,
         Action::Write,
@@ -174,6 +179,8 @@ impl Action {
         Action::Admin,
         Action::Request,
         Action::Approve,
+        Action::AutoApprove,
+        Action::BreakGlass,
     ];
 
     /// Returns the Cedar action id, which is also the serde spelling: `read`,
@@ -187,6 +194,8 @@ impl Action {
             Action::Admin => "admin",
             Action::Request => "request",
             Action::Approve => "approve",
+            Action::AutoApprove => "auto_approve",
+            Action::BreakGlass => "break_glass",
         }
     }
 
@@ -199,6 +208,8 @@ impl Action {
             Action::Admin => 4,
             Action::Request => 5,
             Action::Approve => 6,
+            Action::AutoApprove => 7,
+            Action::BreakGlass => 8,
         }
     }
 }
@@ -271,6 +282,8 @@ pub struct RequestContext {
     pub grant: bool,
     /// The caller completed multi-factor authentication.
     pub mfa: bool,
+    /// Seconds of access an access request asks for; 0 for every other request.
+    pub duration: i64,
 }
 
 /// One authorization question.
@@ -414,7 +427,7 @@ struct Core {
     vault_type: EntityTypeName,
     secret_type: EntityTypeName,
     system_uid: EntityUid,
-    actions: [EntityUid; 7],
+    actions: [EntityUid; Action::ALL.len()],
     root_policy: Policy,
 }
 
@@ -754,7 +767,7 @@ fn compile(name: &str, text: &str) -> Result<Vec<Policy>, PolicyError> {
     }
 }
 
-const ACTION_HELP: &str = "`read` applies to Secret; `list` to System, Vault, Secret; `admin` to System, Vault; `write`, `delete`, `request`, `approve` to Vault, Secret";
+const ACTION_HELP: &str = "`read` applies to Secret; `list` to System, Vault, Secret; `admin` to System, Vault; `write`, `delete`, `request`, `approve`, `auto_approve`, `break_glass` to Vault, Secret";
 
 fn check_id_annotation(tag: &str) -> Result<(), &'static str> {
     let Some(first) = tag.chars().next() else {
@@ -985,8 +998,8 @@ impl PolicyEngine {
     /// Adds a validated statement to the index.
     fn insert(&mut self, statement: &Policy) -> Result<(), String> {
         let core = self.core;
-        let actions: [bool; 7] = match statement.action_constraint() {
-            ActionConstraint::Any => [true; 7],
+        let actions: [bool; Action::ALL.len()] = match statement.action_constraint() {
+            ActionConstraint::Any => [true; Action::ALL.len()],
             ActionConstraint::Eq(uid) => core.actions.each_ref().map(|a| *a == uid),
             ActionConstraint::In(uids) => core.actions.each_ref().map(|a| uids.contains(a)),
         };
@@ -1187,6 +1200,10 @@ impl PolicyEngine {
                 "mfa".to_owned(),
                 RestrictedExpression::new_bool(context.mfa),
             ),
+            (
+                "duration".to_owned(),
+                RestrictedExpression::new_long(context.duration),
+            ),
         ])
         .map_err(|e| format!("cannot build request context: {e}"))?;
 
@@ -1267,6 +1284,7 @@ mod tests {
             now: 1_700_000_000,
             grant,
             mfa: false,
+            duration: 0,
         }
     }
 
@@ -2179,7 +2197,7 @@ permit(principal == User::"c", action == Action::"list", resource);
                 name: name.into(),
                 groups: groups.into_iter().map(String::from).collect(),
             };
-            let context = RequestContext { token_kind: token_kind.into(), now: 0, grant, mfa };
+            let context = RequestContext { token_kind: token_kind.into(), now: 0, grant, mfa, duration: 0 };
             let request = AccessRequest { principal: &principal, action, resource: &resource, context: &context };
             prop_assert_eq!(SCOPES_ENGINE.decide(&request), reference_decide(&request));
         }

@@ -268,6 +268,7 @@ fn unused_reads(
         now: input.now.timestamp(),
         grant: false,
         mfa: false,
+        duration: 0,
     };
     let mut findings = Vec::new();
     let mut excluded = Vec::new();

@@ -11,8 +11,8 @@ use utoipa::OpenApi;
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::{
-    access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies, scim,
-    secrets, sys, tokens, users, vaults,
+    access, access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies,
+    scim, secrets, sys, tokens, users, vaults,
 };
 
 #[derive(OpenApi)]
@@ -68,6 +68,17 @@ use crate::{
         connectors::get_jwt_role,
         connectors::delete_jwt_role,
         access_report::access_report,
+        access::settings::get_settings,
+        access::settings::patch_settings,
+        access::requests::create_handler,
+        access::requests::list,
+        access::requests::get,
+        access::requests::approve_handler,
+        access::requests::deny_handler,
+        access::requests::cancel_handler,
+        access::grants::list,
+        access::grants::get,
+        access::grants::revoke,
         audit_retention::record_export,
         audit_retention::list_exports,
         audit_retention::purge,
@@ -102,6 +113,30 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/vaults/{vault}", get(vaults::get_vault))
         .route("/v1/vaults/{vault}/secrets", get(secrets::list_secrets))
+        .route(
+            "/v1/vaults/{vault}/access",
+            get(access::settings::get_settings).patch(access::settings::patch_settings),
+        )
+        .route(
+            "/v1/requests",
+            post(access::requests::create_handler).get(access::requests::list),
+        )
+        .route("/v1/requests/{id}", get(access::requests::get))
+        .route(
+            "/v1/requests/{id}/approve",
+            post(access::requests::approve_handler),
+        )
+        .route(
+            "/v1/requests/{id}/deny",
+            post(access::requests::deny_handler),
+        )
+        .route(
+            "/v1/requests/{id}/cancel",
+            post(access::requests::cancel_handler),
+        )
+        .route("/v1/grants", get(access::grants::list))
+        .route("/v1/grants/{id}", get(access::grants::get))
+        .route("/v1/grants/{id}/revoke", post(access::grants::revoke))
         .route(
             "/v1/vaults/{vault}/secrets/{secret}",
             put(secrets::put_secret)

@@ -44,10 +44,16 @@ pub struct Job {
 }
 
 /// Every background job, in the order each tick runs them.
-pub const JOBS: &[Job] = &[Job {
-    name: "token_expiry",
-    run: |state, lease| Box::pin(record_token_expiry(state, lease)),
-}];
+pub const JOBS: &[Job] = &[
+    Job {
+        name: "token_expiry",
+        run: |state, lease| Box::pin(record_token_expiry(state, lease)),
+    },
+    Job {
+        name: "access_expiry",
+        run: |state, lease| Box::pin(crate::access::expiry::run(state, lease)),
+    },
+];
 
 /// A job's lease while the job runs.
 pub struct Lease {

@@ -1,5 +1,6 @@
 //! The Latchkey HTTP server: an axum application over a [`latchkey_store::Store`].
 
+pub mod access;
 pub mod access_report;
 pub mod app;
 pub mod audit_api;

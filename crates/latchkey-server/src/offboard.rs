@@ -14,15 +14,16 @@ use latchkey_store::Offboarding;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{RequestCtx, SharedState};
 
-/// Deactivates `principal_id` and revokes its live tokens in one store transaction, writes
-/// one `revoke_token` audit event per revoked token, and clears the token cache so the
-/// next request with any of them gets 401. Access grants, pending access requests and
-/// leases join the same transaction once they exist.
+/// Deactivates `principal_id`, and in the same store transaction revokes its live tokens
+/// and grants and cancels its pending access requests. Writes one audit event per revoked
+/// token (`revoke_token`), grant (`revoke_grant`) and request (`cancel`), and clears the
+/// token cache so the next request with any of the tokens gets 401.
 ///
 /// The events for the tokens live before the transaction are durable before it runs, so
 /// a failed audit write leaves the tokens live and the caller sees 503 and retries. A
 /// token created between that listing and the transaction is revoked too, and its event
-/// is written afterwards.
+/// is written afterwards, like the events of grants and requests: their revocation only
+/// takes access away, so it does not wait for the audit log.
 pub async fn offboard(
     state: &SharedState,
     ctx: &RequestCtx,
@@ -46,6 +47,45 @@ pub async fn offboard(
     let result = state.store.offboard_principal(principal_id, now).await?;
     state.tokens.clear();
 
+    for grant in &result.revoked_grants {
+        let mut detail = crate::access::grant_detail(grant);
+        detail.insert("operation".into(), "offboard".into());
+        detail.insert("why".into(), reason.to_string());
+        crate::access::append_event(
+            state,
+            Some(ctx),
+            "revoke_grant",
+            crate::access::grant_uid(&grant.id),
+            vec!["builtin:offboarding".into()],
+            detail,
+        )
+        .await?;
+        if let Some(request) = state.store.access_request(&grant.request_id).await? {
+            crate::access::announce(
+                state,
+                crate::access::AnnounceKind::Revoked,
+                &request,
+                Some(&ctx.caller.principal.uid_string()),
+                Some(reason),
+                Some(grant),
+            );
+        }
+    }
+    for request in &result.cancelled_requests {
+        let mut detail = crate::access::request_detail(request);
+        detail.insert("operation".into(), "offboard".into());
+        detail.insert("why".into(), reason.to_string());
+        crate::access::append_event(
+            state,
+            Some(ctx),
+            "cancel",
+            crate::access::request_uid(&request.id),
+            vec!["builtin:offboarding".into()],
+            detail,
+        )
+        .await?;
+    }
+
     let announced: BTreeSet<&String> = live.iter().collect();
     for accessor in result
         .revoked_tokens
@@ -57,6 +97,8 @@ pub async fn offboard(
     tracing::info!(
         principal.id = %principal_id,
         tokens = result.revoked_tokens.len(),
+        grants = result.revoked_grants.len(),
+        requests = result.cancelled_requests.len(),
         reason,
         "principal offboarded"
     );

@@ -223,12 +223,12 @@ async fn authorize_secret(
     let vault = cached_vault(state, ctx, vault_name, secret_name, action).await?;
     let secret = cached_secret(state, &vault, secret_name).await?;
     let tags = secret.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-    state.authorize(
-        ctx,
-        action,
-        &secret_resource(&vault, secret_name, &tags),
-        false,
-    )?;
+    let resource = secret_resource(&vault, secret_name, &tags);
+    if action == Action::Read {
+        crate::access::authorize_read(state, ctx, &resource, vault_name, secret_name).await?;
+    } else {
+        state.authorize(ctx, action, &resource, false)?;
+    }
     let secret = secret.ok_or_else(|| {
         ApiError::not_found(format!(
             "secret `{secret_name}` not found in vault `{vault_name}`: `lk secret list {}` shows its secrets",

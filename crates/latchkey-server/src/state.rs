@@ -60,6 +60,27 @@ pub struct AppState {
     pub identity: Identity,
     pub login_failures: FailureLimiter,
     pub settings: Settings,
+    /// The time access requests and grants are judged by.
+    pub clock: Clock,
+}
+
+/// Wall-clock time in unix seconds, which tests can move forward to reach an expiry
+/// without sleeping through it.
+#[derive(Default)]
+pub struct Clock {
+    offset: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp() + self.offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves this server's clock `seconds` forward, for tests of expiry.
+    pub fn advance(&self, seconds: i64) {
+        self.offset
+            .fetch_add(seconds, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -93,6 +114,7 @@ impl AppState {
             identity,
             login_failures: FailureLimiter::default(),
             settings,
+            clock: Clock::default(),
         })
     }
 
@@ -161,6 +183,18 @@ impl AppState {
         grant: bool,
     ) -> ApiResult<Decision> {
         let decision = self.decide(&ctx.caller, action, resource, grant);
+        self.record_decision(ctx, action, resource, decision)
+    }
+
+    /// Fills the request's audit slot with a decision made by [`AppState::decide`]; a deny
+    /// becomes a `permission_denied` error.
+    pub fn record_decision(
+        &self,
+        ctx: &RequestCtx,
+        action: Action,
+        resource: &Resource,
+        decision: Decision,
+    ) -> ApiResult<Decision> {
         let principal = ctx.caller.principal.uid_string();
         let resource_uid = resource.uid_string();
         ctx.slot.prepare(
@@ -197,11 +231,25 @@ impl AppState {
         resource: &Resource,
         grant: bool,
     ) -> Decision {
+        self.decide_in(caller, action, resource, grant, 0)
+    }
+
+    /// Decides with `duration` (seconds of access asked for) in the context, for the
+    /// actions of access requests.
+    pub fn decide_in(
+        &self,
+        caller: &Caller,
+        action: Action,
+        resource: &Resource,
+        grant: bool,
+        duration: i64,
+    ) -> Decision {
         let context = RequestContext {
             token_kind: caller.token.kind.clone(),
             now: chrono::Utc::now().timestamp(),
             grant,
             mfa: false,
+            duration,
         };
         let request = AccessRequest {
             principal: &caller.principal,

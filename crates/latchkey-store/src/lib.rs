@@ -4,6 +4,7 @@
 //! The store keeps rows and enforces uniqueness and transactions; it never receives a key or a
 //! plaintext secret. Sealing, policy and audit hashing happen above it.
 
+mod access;
 mod model;
 mod postgres;
 mod postgres_upkeep;
@@ -245,9 +246,72 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Deletes a SCIM group and removes it from its members' Cedar groups.
     async fn delete_scim_group(&self, id: &str) -> StoreResult<bool>;
-    /// Deactivates a principal and revokes everything it holds, in one transaction: today
-    /// its live tokens. Returns what was revoked.
+    /// Deactivates a principal and revokes everything it holds, in one transaction: its
+    /// live tokens and grants, and its pending access requests. Returns what was revoked.
     async fn offboard_principal(&self, principal_id: &str, now: i64) -> StoreResult<Offboarding>;
+
+    /// Returns a vault's access settings as stored (JSON), or None for the defaults.
+    async fn vault_settings(&self, vault_id: &str) -> StoreResult<Option<String>>;
+    /// Creates or replaces a vault's access settings.
+    async fn put_vault_settings(&self, vault_id: &str, settings: &str, now: i64)
+    -> StoreResult<()>;
+    /// Stores a new access request, and in the same transaction the grant it became when
+    /// policy approved it at once. A taken id returns [`StoreError::Conflict`].
+    async fn insert_access_request(
+        &self,
+        request: &AccessRequestRow,
+        grant: Option<&GrantRow>,
+    ) -> StoreResult<()>;
+    /// Returns an access request with its reviews.
+    async fn access_request(&self, id: &str) -> StoreResult<Option<AccessRequestRow>>;
+    /// Lists access requests with their reviews, newest first.
+    async fn list_access_requests(
+        &self,
+        filter: &AccessRequestFilter,
+    ) -> StoreResult<Vec<AccessRequestRow>>;
+    /// Records a review in one transaction with the request locked: a deny ends the
+    /// request; the approval that reaches the request's threshold marks it approved and
+    /// creates `grant` (its id kept; the rest taken from the request, the clock starting at
+    /// `now`). A request that is no longer pending, whose pending time ran out, or that the
+    /// reviewer already reviewed is left unchanged, and the outcome says which.
+    async fn review_access_request(
+        &self,
+        review: &AccessReviewRow,
+        grant: &GrantRow,
+        now: i64,
+    ) -> StoreResult<ReviewOutcome>;
+    /// Cancels a pending request; returns it afterwards, or None when it was not pending.
+    async fn cancel_access_request(
+        &self,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<Option<AccessRequestRow>>;
+    /// Marks up to `limit` requests still pending at their expiry (before `now`) expired,
+    /// and returns them.
+    async fn expire_access_requests(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AccessRequestRow>>;
+    /// A principal's grants live at `now`.
+    async fn live_grants(&self, principal_id: &str, now: i64) -> StoreResult<Vec<GrantRow>>;
+    async fn grant(&self, id: &str) -> StoreResult<Option<GrantRow>>;
+    /// Lists grants, newest first.
+    async fn list_grants(&self, filter: &GrantFilter) -> StoreResult<Vec<GrantRow>>;
+    /// Revokes a live grant; returns it afterwards, or None when it was not live.
+    async fn revoke_grant(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<Option<GrantRow>>;
+    /// Up to `limit` grants that ran out before `now`, unrevoked, whose expiry has no
+    /// audit event yet, oldest first.
+    async fn unrecorded_grant_expiries(&self, now: i64, limit: u32) -> StoreResult<Vec<GrantRow>>;
+    /// Marks a grant's expiry recorded; returns false when it already was.
+    async fn mark_grant_expiry_recorded(&self, id: &str, now: i64) -> StoreResult<bool>;
 
     async fn insert_scim_token(&self, token: &ScimTokenRow) -> StoreResult<()>;
     async fn scim_token_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ScimTokenRow>>;

@@ -180,4 +180,141 @@ pub enum ScimLink<'a> {
 pub struct Offboarding {
     /// Accessors of the tokens it revoked.
     pub revoked_tokens: Vec<String>,
+    /// The grants it revoked.
+    pub revoked_grants: Vec<GrantRow>,
+    /// The pending access requests it cancelled.
+    pub cancelled_requests: Vec<AccessRequestRow>,
+}
+
+/// What an access request or grant covers: a whole vault, or one secret in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct AccessResource {
+    pub vault: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl AccessResource {
+    /// True when this covers secret `secret` of vault `vault`.
+    pub fn covers(&self, vault: &str, secret: &str) -> bool {
+        self.vault == vault && self.secret.as_deref().is_none_or(|s| s == secret)
+    }
+}
+
+/// A principal's request for time-boxed access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRequestRow {
+    pub id: String,
+    pub requester_id: String,
+    /// The requester's Cedar uid text, e.g. `User::"alice"`.
+    pub requester: String,
+    pub resources: Vec<AccessResource>,
+    /// Seconds of access asked for.
+    pub duration: i64,
+    pub reason: String,
+    pub ticket: Option<String>,
+    /// `review` (approved by others), `auto` (approved by policy) or `break_glass`.
+    pub kind: String,
+    pub approvals_required: i64,
+    /// `pending`, `approved`, `denied`, `expired` or `cancelled`.
+    pub status: String,
+    pub created_at: i64,
+    /// When a request still pending expires.
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    /// Who decided: the last approver, the denier, the canceller, or `system` for expiry.
+    pub decided_by: Option<String>,
+    pub grant_id: Option<String>,
+    /// The reviews so far, oldest first.
+    pub reviews: Vec<AccessReviewRow>,
+}
+
+impl AccessRequestRow {
+    /// Distinct approvals so far.
+    pub fn approvals(&self) -> i64 {
+        self.reviews
+            .iter()
+            .filter(|r| r.verdict == "approve")
+            .count() as i64
+    }
+}
+
+/// One principal's verdict on a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessReviewRow {
+    pub request_id: String,
+    pub reviewer_id: String,
+    /// The reviewer's Cedar uid text.
+    pub reviewer: String,
+    /// `approve` or `deny`.
+    pub verdict: String,
+    pub comment: Option<String>,
+    pub created_at: i64,
+}
+
+/// Time-boxed access an approved request became.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRow {
+    pub id: String,
+    pub request_id: String,
+    pub principal_id: String,
+    /// The grantee's Cedar uid text.
+    pub principal: String,
+    pub resources: Vec<AccessResource>,
+    /// Comma-separated reviewer uids, or the policy ids that approved it.
+    pub approved_by: String,
+    pub reason: String,
+    /// As the request's kind.
+    pub kind: String,
+    pub starts_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
+}
+
+impl GrantRow {
+    /// True while the grant gives access at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.starts_at <= now && now < self.expires_at
+    }
+}
+
+/// Filters of [`Store::list_access_requests`](crate::Store::list_access_requests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessRequestFilter {
+    pub status: Option<String>,
+    pub requester_id: Option<String>,
+    pub limit: u32,
+}
+
+/// Filters of [`Store::list_grants`](crate::Store::list_grants).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantFilter {
+    pub principal_id: Option<String>,
+    pub request_id: Option<String>,
+    /// Only grants live at this time.
+    pub live_at: Option<i64>,
+    pub limit: u32,
+}
+
+/// What [`Store::review_access_request`](crate::Store::review_access_request) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per review; boxing buys nothing
+pub enum ReviewOutcome {
+    /// The review was stored; `request` is the request afterwards, and `grant` the grant
+    /// it created when this was the last approval needed.
+    Recorded {
+        request: AccessRequestRow,
+        grant: Option<GrantRow>,
+    },
+    /// The request is no longer pending; nothing was stored.
+    NotPending(AccessRequestRow),
+    /// The request's pending time ran out; it is now marked expired and nothing else was
+    /// stored.
+    Expired(AccessRequestRow),
+    /// The reviewer already reviewed this request; nothing was stored.
+    AlreadyReviewed(AccessRequestRow),
+    /// No request has that id.
+    NotFound,
 }

@@ -23,7 +23,7 @@ pub(crate) fn same(sql: &str) -> String {
 }
 
 macro_rules! scim_queries {
-    ($db:ty, $sql:path) => {
+    ($db:ty, $sql:path, $access:ident) => {
         use sqlx::{Pool, Row};
 
         use crate::{
@@ -378,10 +378,14 @@ macro_rules! scim_queries {
                 .map(|r| r.try_get::<String, _>("accessor"))
                 .collect::<Result<Vec<_>, _>>()?;
             revoked_tokens.sort();
-            // Access grants, pending access requests and leases are revoked here, in this
-            // same transaction, once those tables exist.
+            let (revoked_grants, cancelled_requests) =
+                crate::access::$access::offboard_access(&mut tx, principal_id, "offboarding", now).await?;
             tx.commit().await?;
-            Ok(Offboarding { revoked_tokens })
+            Ok(Offboarding {
+                revoked_tokens,
+                revoked_grants,
+                cancelled_requests,
+            })
         }
 
         fn scim_token_from_row(row: &DbRow) -> StoreResult<ScimTokenRow> {
@@ -451,9 +455,9 @@ macro_rules! scim_queries {
 }
 
 pub(crate) mod sqlite {
-    scim_queries!(sqlx::Sqlite, super::same);
+    scim_queries!(sqlx::Sqlite, super::same, sqlite);
 }
 
 pub(crate) mod postgres {
-    scim_queries!(sqlx::Postgres, super::numbered);
+    scim_queries!(sqlx::Postgres, super::numbered, postgres);
 }

@@ -17,7 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{
-    AuditFilter, ConnectorRow, ExpiryClaim, LoginAttemptRow, Offboarding, PolicyRow, PrincipalRow,
+    AccessRequestFilter, AccessRequestRow, AccessReviewRow, AuditFilter, ConnectorRow, ExpiryClaim,
+    GrantFilter, GrantRow, LoginAttemptRow, Offboarding, PolicyRow, PrincipalRow, ReviewOutcome,
     ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretRow, SecretVersionMeta,
     SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
@@ -1008,6 +1009,81 @@ impl Store for SqliteStore {
     }
     async fn offboard_principal(&self, principal_id: &str, now: i64) -> StoreResult<Offboarding> {
         crate::scim::sqlite::offboard_principal(&self.pool, principal_id, now).await
+    }
+
+    async fn vault_settings(&self, vault_id: &str) -> StoreResult<Option<String>> {
+        crate::access::sqlite::vault_settings(&self.pool, vault_id).await
+    }
+    async fn put_vault_settings(
+        &self,
+        vault_id: &str,
+        settings: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        crate::access::sqlite::put_vault_settings(&self.pool, vault_id, settings, now).await
+    }
+    async fn insert_access_request(
+        &self,
+        request: &AccessRequestRow,
+        grant: Option<&GrantRow>,
+    ) -> StoreResult<()> {
+        crate::access::sqlite::insert_access_request(&self.pool, request, grant).await
+    }
+    async fn access_request(&self, id: &str) -> StoreResult<Option<AccessRequestRow>> {
+        crate::access::sqlite::access_request(&self.pool, id).await
+    }
+    async fn list_access_requests(
+        &self,
+        filter: &AccessRequestFilter,
+    ) -> StoreResult<Vec<AccessRequestRow>> {
+        crate::access::sqlite::list_access_requests(&self.pool, filter).await
+    }
+    async fn review_access_request(
+        &self,
+        review: &AccessReviewRow,
+        grant: &GrantRow,
+        now: i64,
+    ) -> StoreResult<ReviewOutcome> {
+        crate::access::sqlite::review_access_request(&self.pool, review, grant, now).await
+    }
+    async fn cancel_access_request(
+        &self,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<Option<AccessRequestRow>> {
+        crate::access::sqlite::cancel_access_request(&self.pool, id, by, now).await
+    }
+    async fn expire_access_requests(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AccessRequestRow>> {
+        crate::access::sqlite::expire_access_requests(&self.pool, now, limit).await
+    }
+    async fn live_grants(&self, principal_id: &str, now: i64) -> StoreResult<Vec<GrantRow>> {
+        crate::access::sqlite::live_grants(&self.pool, principal_id, now).await
+    }
+    async fn grant(&self, id: &str) -> StoreResult<Option<GrantRow>> {
+        crate::access::sqlite::grant(&self.pool, id).await
+    }
+    async fn list_grants(&self, filter: &GrantFilter) -> StoreResult<Vec<GrantRow>> {
+        crate::access::sqlite::list_grants(&self.pool, filter).await
+    }
+    async fn revoke_grant(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<Option<GrantRow>> {
+        crate::access::sqlite::revoke_grant(&self.pool, id, by, reason, now).await
+    }
+    async fn unrecorded_grant_expiries(&self, now: i64, limit: u32) -> StoreResult<Vec<GrantRow>> {
+        crate::access::sqlite::unrecorded_grant_expiries(&self.pool, now, limit).await
+    }
+    async fn mark_grant_expiry_recorded(&self, id: &str, now: i64) -> StoreResult<bool> {
+        crate::access::sqlite::mark_grant_expiry_recorded(&self.pool, id, now).await
     }
     async fn insert_scim_token(&self, token: &ScimTokenRow) -> StoreResult<()> {
         crate::scim::sqlite::insert_scim_token(&self.pool, token).await

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use clap::Args;
 use latchkey_core::reference::SecretRef;
 
-use crate::commands::resolve::read_field;
+use crate::commands::resolve::read_all_waiting;
 use crate::error::{CliError, CliResult};
 
 #[derive(Args)]
@@ -17,6 +17,8 @@ pub struct ReadArgs {
     no_newline: bool,
     #[command(flatten)]
     workload: crate::commands::login::WorkloadLogin,
+    #[command(flatten)]
+    access: crate::commands::access::WaitArgs,
 }
 
 pub async fn run(args: ReadArgs) -> CliResult<()> {
@@ -26,9 +28,11 @@ pub async fn run(args: ReadArgs) -> CliResult<()> {
         .require_field()
         .map_err(|e| CliError::usage(e.to_string()))?;
     let (client, session) = args.workload.client().await?;
-    let value = read_field(&client, &reference).await;
+    let values = read_all_waiting(&client, vec![reference.clone()], &args.access).await;
     crate::commands::login::end_session(&client, session).await;
-    let value = value?;
+    let value = values?
+        .remove(&reference)
+        .ok_or_else(|| CliError::other("the server returned no value"))?;
     // The bytes go out unchanged so binary values survive a pipe; a terminal gets a newline.
     let mut out = std::io::stdout().lock();
     out.write_all(&value)?;

@@ -9,7 +9,7 @@ use latchkey_core::reference::SecretRef;
 use zeroize::Zeroizing;
 
 use crate::child::{ChildError, ChildSpec, run_child};
-use crate::commands::resolve::read_all;
+use crate::commands::resolve::read_all_waiting;
 use crate::error::{CliError, CliResult};
 
 #[derive(Args)]
@@ -23,6 +23,8 @@ pub struct RunArgs {
     no_masking: bool,
     #[command(flatten)]
     workload: crate::commands::login::WorkloadLogin,
+    #[command(flatten)]
+    access: crate::commands::access::WaitArgs,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -59,7 +61,12 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
     let mut masks = Vec::new();
     if !wanted.is_empty() {
         let (client, session) = args.workload.client().await?;
-        let values = read_all(&client, wanted.iter().map(|(_, r)| r.clone()).collect()).await;
+        let values = read_all_waiting(
+            &client,
+            wanted.iter().map(|(_, r)| r.clone()).collect(),
+            &args.access,
+        )
+        .await;
         // The child never sees the token, so it ends as soon as the values are in hand.
         crate::commands::login::end_session(&client, session).await;
         let values = values?;
