@@ -26,6 +26,9 @@ pub struct ServerConfig {
     /// Identity connectors: `[auth.oidc.NAME]` and `[auth.jwt.NAME]`.
     #[serde(default)]
     pub auth: crate::identity::AuthConfig,
+    /// Access-request notifications: `[notify]` and `[[notify.webhooks]]`.
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -195,6 +198,8 @@ impl ServerConfig {
         .map_err(invalid)?;
         crate::audit_sinks::check_all(&config.audit.sinks).map_err(invalid)?;
         config.audit.retention().map_err(invalid)?;
+        // Reads the webhooks' signing keys too, so a missing one stops the start here.
+        config.notify.check().map_err(invalid)?;
         Ok(config)
     }
 }

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod keyring;
 pub mod login;
 pub mod metrics;
+pub mod notify;
 pub mod offboard;
 pub mod policies;
 pub mod scim;

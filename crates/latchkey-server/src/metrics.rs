@@ -4,9 +4,9 @@
 //! the same counters. A server runs one `AppState`, and tests compare counts before and
 //! after an action instead of expecting absolute values.
 //!
-//! `/metrics` needs no token, like `/v1/sys/health`: it exposes counts, routes and sink
-//! names, never a principal, a resource name or a secret. Restrict it at the proxy when
-//! those counts are sensitive for you.
+//! `/metrics` needs no token, like `/v1/sys/health`: it exposes counts, routes, and sink
+//! and webhook names, never a principal, a resource name or a secret. Restrict it at the
+//! proxy when those counts are sensitive for you.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -43,6 +43,18 @@ pub struct Metrics {
     pub sink_lag: IntGaugeVec,
     /// 1 while a sink is degraded (its last delivery failed), else 0.
     pub sink_degraded: IntGaugeVec,
+    /// Access notifications each webhook delivered.
+    pub notify_delivered: IntCounterVec,
+    /// Access notifications a webhook gave up: rejected, or out of attempts.
+    pub notify_failed: IntCounterVec,
+    /// Access notifications dropped because the webhook's queue was full.
+    pub notify_dropped: IntCounterVec,
+    /// Failed delivery attempts per webhook, retried ones included.
+    pub notify_attempt_failures: IntCounterVec,
+    /// 1 while a webhook is failing (it gave up an event and delivered none since), else 0.
+    pub notify_failing: IntGaugeVec,
+    /// Access notifications waiting in each webhook's queue.
+    pub notify_queued: IntGaugeVec,
 }
 
 /// Route label of requests that matched no route template, so that scans of random paths
@@ -97,6 +109,7 @@ impl Metrics {
             Box::new(audit_events.clone()),
         );
         let sink = &["sink"];
+        let webhook = &["webhook"];
         Metrics {
             http_requests: counter_vec(
                 &registry,
@@ -154,6 +167,42 @@ impl Metrics {
                 "audit_sink_degraded",
                 "1 while the sink's last delivery failed, else 0.",
                 sink,
+            ),
+            notify_delivered: counter_vec(
+                &registry,
+                "notify_events_delivered_total",
+                "Access notifications each webhook delivered.",
+                webhook,
+            ),
+            notify_failed: counter_vec(
+                &registry,
+                "notify_events_failed_total",
+                "Access notifications a webhook gave up: rejected by the endpoint, or out of attempts.",
+                webhook,
+            ),
+            notify_dropped: counter_vec(
+                &registry,
+                "notify_events_dropped_total",
+                "Access notifications dropped because the webhook's queue was full.",
+                webhook,
+            ),
+            notify_attempt_failures: counter_vec(
+                &registry,
+                "notify_attempt_failures_total",
+                "Failed delivery attempts per webhook, retried ones and timeouts included.",
+                webhook,
+            ),
+            notify_failing: gauge_vec(
+                &registry,
+                "notify_webhook_failing",
+                "1 while the webhook has given up an event and delivered none since, else 0.",
+                webhook,
+            ),
+            notify_queued: gauge_vec(
+                &registry,
+                "notify_queue_events",
+                "Access notifications waiting in the webhook's queue.",
+                webhook,
             ),
             registry,
         }

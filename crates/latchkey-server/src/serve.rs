@@ -76,6 +76,7 @@ fn settings_from(options: &ServeOptions) -> anyhow::Result<Settings> {
         settings.audit_checkpoints = config.audit.checkpoints().map_err(anyhow::Error::msg)?;
         settings.auth = config.auth.clone();
         settings.audit_retention = config.audit.retention().map_err(anyhow::Error::msg)?;
+        settings.notify = config.notify.clone();
     }
     Ok(settings)
 }

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::identity::{AuthConfig, Identity, TokenLimits};
 use crate::keyring::Keyring;
 use crate::login::FailureLimiter;
+use crate::notify::{Notifier, NotifyConfig};
 use crate::secret_cache::SecretCache;
 
 /// Server-wide settings that handlers read.
@@ -32,6 +33,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// `[audit] retention` as written and parsed; None keeps every event.
     pub audit_retention: Option<(String, std::time::Duration)>,
+    /// Access-request notification webhooks (`[notify]`).
+    pub notify: NotifyConfig,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             audit_checkpoints: CheckpointSettings::default(),
             auth: AuthConfig::default(),
             audit_retention: None,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct AppState {
     pub audit: AuditLog,
     pub identity: Identity,
     pub login_failures: FailureLimiter,
+    /// Sends access-request events to the `[notify]` webhooks.
+    pub notifier: Notifier,
     pub settings: Settings,
     /// The time access requests and grants are judged by.
     pub clock: Clock,
@@ -103,6 +109,7 @@ impl AppState {
             },
         )?;
         identity.refresh(&store.list_connectors().await?);
+        let notifier = Notifier::start(&settings.notify)?;
         Ok(AppState {
             store,
             keyring,
@@ -113,6 +120,7 @@ impl AppState {
             audit,
             identity,
             login_failures: FailureLimiter::default(),
+            notifier,
             settings,
             clock: Clock::default(),
         })

@@ -30,6 +30,8 @@ pub struct HealthResponse {
     /// `ok`, `storage_unavailable` (the database cannot be reached), `uninitialized`,
     /// `sealed` or `degraded` (the audit log cannot be written), all but `ok` with status
     /// 503. `sink_degraded` (status 200): the server works, but a streaming sink is failing.
+    /// `notify_degraded` (status 200): the server works, but a notification webhook is
+    /// failing.
     pub status: String,
     pub storage_reachable: bool,
     pub initialized: bool,
@@ -38,6 +40,8 @@ pub struct HealthResponse {
     pub audit_last_seq: u64,
     /// Streaming copies of the audit log and their state.
     pub audit_sinks: Vec<crate::audit_sinks::SinkHealth>,
+    /// Access-request notification webhooks and their state.
+    pub notify: Vec<crate::notify::WebhookHealth>,
     pub version: String,
 }
 
@@ -247,6 +251,8 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
     let audit_writable = state.audit.is_healthy();
     let audit_sinks = state.audit.feed().health();
     let sink_degraded = audit_sinks.iter().any(|s| s.state == "degraded");
+    let notify = state.notifier.health();
+    let notify_degraded = notify.iter().any(|w| w.state == "failing");
     let status = if !storage_reachable {
         "storage_unavailable"
     } else if !initialized {
@@ -259,10 +265,13 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         // A failing copy must not take the server out of a load balancer's rotation: the
         // primary log still records every request.
         "sink_degraded"
+    } else if notify_degraded {
+        // Requests and approvals still work. Only their notifications are lost.
+        "notify_degraded"
     } else {
         "ok"
     };
-    let code = if matches!(status, "ok" | "sink_degraded") {
+    let code = if matches!(status, "ok" | "sink_degraded" | "notify_degraded") {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -277,6 +286,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
             audit_writable,
             audit_last_seq: state.audit.last_seq(),
             audit_sinks,
+            notify,
             version: env!("CARGO_PKG_VERSION").into(),
         }),
     )

@@ -5,8 +5,8 @@ use crate::commands::text;
 use crate::error::{CliError, CliResult};
 use crate::output::{self, Format};
 
-/// Prints the server's state; fails with the "unavailable" exit code unless it is `ok` or
-/// `sink_degraded`.
+/// Prints the server's state; fails with the "unavailable" exit code unless it is `ok`,
+/// `sink_degraded` or `notify_degraded`.
 pub async fn run(format: Format) -> CliResult<()> {
     let client = Client::from_env()?;
     let (_, health) = client.get_any_status(&["v1", "sys", "health"]).await?;
@@ -54,8 +54,27 @@ pub async fn run(format: Format) -> CliResult<()> {
         }
         println!("{line}");
     }
-    // A failing streaming sink leaves the server fully usable, so it is shown, not fatal.
-    if !matches!(text(&health, "status").as_str(), "ok" | "sink_degraded") {
+    for webhook in health["notify"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "notify:       {} ({}) {}, {} delivered, {} failed, {} dropped",
+            text(webhook, "name"),
+            text(webhook, "format"),
+            text(webhook, "state"),
+            text(webhook, "delivered"),
+            text(webhook, "failed"),
+            text(webhook, "dropped")
+        );
+        if let Some(error) = webhook["last_error"].as_str() {
+            line.push_str(&format!(": {error}"));
+        }
+        println!("{line}");
+    }
+    // A failing streaming sink or webhook leaves the server fully usable, so it is shown,
+    // not fatal.
+    if !matches!(
+        text(&health, "status").as_str(),
+        "ok" | "sink_degraded" | "notify_degraded"
+    ) {
         return Err(CliError {
             exit_code: crate::error::EXIT_UNAVAILABLE,
             message: format!("the server is not ready: {}", text(&health, "status")),
