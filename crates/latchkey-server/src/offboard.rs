@@ -63,7 +63,7 @@ pub async fn offboard(
         if let Some(request) = state.store.access_request(&grant.request_id).await? {
             crate::access::announce(
                 state,
-                crate::access::AnnounceKind::Revoked,
+                crate::notify::AccessEventKind::Revoked,
                 &request,
                 Some(&ctx.caller.principal.uid_string()),
                 Some(reason),

@@ -58,12 +58,16 @@ const POLICIES: &[(&str, &str)] = &[
 ];
 
 async fn harness() -> Harness {
+    harness_with(Settings::default()).await
+}
+
+async fn harness_with(settings: Settings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("latchkey.db"))
         .await
         .unwrap();
     let state = Arc::new(
-        AppState::new(Arc::new(store.clone()), Settings::default())
+        AppState::new(Arc::new(store.clone()), settings)
             .await
             .unwrap(),
     );
@@ -856,4 +860,113 @@ async fn leaving_the_group_ends_access_under_a_grant_that_policy_ties_to_it() {
     let (status, body) = h.read(&dave, PROD_DB).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(code(&body), "permission_denied");
+}
+
+/// A webhook endpoint on 127.0.0.1 that keeps the bodies it receives.
+async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let kept = Arc::clone(&bodies);
+    let app = Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = Arc::clone(&kept);
+            async move {
+                kept.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn webhooks_hear_every_step() {
+    let (url, bodies) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("webhook.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let notify = serde_json::from_value(json!({
+        "public_url": "https://latchkey.example.com",
+        "webhooks": [{"name": "approvers", "url": url, "secret_file": key}],
+    }))
+    .unwrap();
+    let h = harness_with(Settings {
+        notify,
+        ..Settings::default()
+    })
+    .await;
+    let dave = h.token("dave").await;
+    let bob = h.token("bob").await;
+    let sam = h.token("sam").await;
+    let (_, request) = h
+        .ask(
+            &dave,
+            json!({"resources": ["lk://prod/db"], "duration": "1h", "reason": "INC-7"}),
+        )
+        .await;
+    let id = request["id"].as_str().unwrap();
+    let (_, approved) = h.review(&bob, id, "approve", "go").await;
+    let grant = approved["grant"].as_str().unwrap();
+    h.call(
+        "POST",
+        &format!("/v1/grants/{grant}/revoke"),
+        &bob,
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    let (_, denied) = h
+        .ask(
+            &dave,
+            json!({"resources": ["lk://prod/api"], "duration": "1h", "reason": "again"}),
+        )
+        .await;
+    h.review(&bob, denied["id"].as_str().unwrap(), "deny", "no")
+        .await;
+    h.ask(
+        &dave,
+        json!({"resources": ["lk://prod/api"], "duration": "1h", "reason": "later"}),
+    )
+    .await;
+    h.ask(
+        &sam,
+        json!({"resources": ["lk://prod/db"], "duration": "10m", "reason": "outage", "break_glass": true}),
+    )
+    .await;
+    h.state.clock.advance(3600);
+    h.sweep().await;
+
+    let expected = [
+        "request.created",
+        "request.approved",
+        "grant.revoked",
+        "request.created",
+        "request.denied",
+        "request.created",
+        "break_glass",
+        "request.expired",
+    ];
+    // Delivery is in the background: wait until every event arrived.
+    for _ in 0..200 {
+        if bodies.lock().unwrap().len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    let kinds: Vec<&str> = bodies.iter().map(|b| b["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, expected);
+    assert_eq!(bodies[0]["request_id"], id);
+    assert_eq!(bodies[0]["reason"], "INC-7");
+    assert_eq!(bodies[1]["actor"], r#"User::"bob""#);
+    assert_eq!(bodies[1]["comment"], "go");
+    assert_eq!(bodies[1]["grant_id"], grant);
+    assert_eq!(
+        bodies[0]["link"],
+        format!("https://latchkey.example.com/approvals/requests/{id}")
+    );
 }

@@ -5,7 +5,7 @@
 use latchkey_core::audit::format_time;
 
 use super::{
-    AnnounceKind, announce, append_event, grant_detail, grant_uid, request_detail, request_uid,
+    AccessEventKind, announce, append_event, grant_detail, grant_uid, request_detail, request_uid,
 };
 use crate::jobs::Lease;
 use crate::state::AppState;
@@ -57,7 +57,7 @@ pub async fn sweep_once(state: &AppState) -> anyhow::Result<usize> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        announce(state, AnnounceKind::Expired, request, None, None, None);
+        announce(state, AccessEventKind::Expired, request, None, None, None);
     }
     let grants = state.store.unrecorded_grant_expiries(now, BATCH).await?;
     for grant in &grants {

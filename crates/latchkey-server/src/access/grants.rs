@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    AnnounceKind, announce, grant_detail, grant_uid, is_admin, may_review, policy_resources,
+    AccessEventKind, announce, grant_detail, grant_uid, is_admin, may_review, policy_resources,
     resource_refs,
 };
 use crate::error::{ApiError, ApiResult};
@@ -209,7 +209,7 @@ pub async fn revoke(
     if let Some(request) = state.store.access_request(&revoked.request_id).await? {
         announce(
             &state,
-            AnnounceKind::Revoked,
+            AccessEventKind::Revoked,
             &request,
             Some(&by),
             Some(&reason),

@@ -22,6 +22,7 @@ use latchkey_core::reference::SecretRef;
 use latchkey_store::{AccessRequestRow, AccessResource, GrantRow};
 
 use crate::error::{ApiError, ApiResult};
+use crate::notify::{AccessEvent, AccessEventKind};
 use crate::state::{AppState, RequestCtx, SharedState};
 
 /// The Cedar-style uid of an access request in audit events.
@@ -269,35 +270,29 @@ pub fn grant_detail(grant: &GrantRow) -> BTreeMap<String, String> {
     detail
 }
 
-/// A step of the access workflow that approvers are told about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AnnounceKind {
-    Created,
-    Approved,
-    Denied,
-    Expired,
-    Revoked,
-    BreakGlass,
-    AutoApproved,
-}
-
 /// Tells the configured webhooks about a step. Never blocks and never fails: delivery
 /// happens in the background.
 pub fn announce(
     state: &AppState,
-    kind: AnnounceKind,
+    kind: AccessEventKind,
     request: &AccessRequestRow,
     actor: Option<&str>,
     comment: Option<&str>,
     grant: Option<&GrantRow>,
 ) {
-    tracing::debug!(
-        ?kind,
-        request.id = %request.id,
-        actor = actor.unwrap_or(""),
-        comment = comment.unwrap_or(""),
-        grant = grant.map(|g| g.id.as_str()).unwrap_or(""),
-        requests = ?state.settings.dev,
-        "access event"
-    );
+    state.notifier.notify(AccessEvent {
+        kind,
+        request_id: request.id.clone(),
+        requester: request.requester.clone(),
+        resources: resource_refs(&request.resources),
+        duration_secs: u64::try_from(request.duration).unwrap_or(0),
+        reason: request.reason.clone(),
+        ticket: request.ticket.clone(),
+        actor: actor.map(str::to_string),
+        comment: comment.map(str::to_string),
+        grant_id: grant.map(|g| g.id.clone()).or_else(|| request.grant_id.clone()),
+        approvals: u32::try_from(request.approvals()).unwrap_or(0),
+        approvals_required: u32::try_from(request.approvals_required).unwrap_or(1),
+        time: format_time(chrono::Utc::now()),
+    });
 }

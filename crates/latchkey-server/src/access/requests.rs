@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::settings::{self, Limits};
 use super::{
-    AnnounceKind, announce, append_event, decide_all, duration_text, grant_detail, is_admin,
+    AccessEventKind, announce, append_event, decide_all, duration_text, grant_detail, is_admin,
     may_review, policy_resources, request_detail, request_uid, resource_refs,
 };
 use crate::error::{ApiError, ApiResult};
@@ -460,9 +460,9 @@ pub async fn create(
     announce(
         state,
         match kind {
-            "break_glass" => AnnounceKind::BreakGlass,
-            "auto" => AnnounceKind::AutoApproved,
-            _ => AnnounceKind::Created,
+            "break_glass" => AccessEventKind::BreakGlass,
+            "auto" => AccessEventKind::AutoApproved,
+            _ => AccessEventKind::Created,
         },
         &request,
         None,
@@ -769,7 +769,7 @@ pub async fn review(
         tracing::info!(request.id = %id, grant.id = %grant.id, "access request approved");
         announce(
             state,
-            AnnounceKind::Approved,
+            AccessEventKind::Approved,
             &request,
             Some(&reviewer),
             comment.as_deref(),
@@ -779,7 +779,7 @@ pub async fn review(
         tracing::info!(request.id = %id, "access request denied");
         announce(
             state,
-            AnnounceKind::Denied,
+            AccessEventKind::Denied,
             &request,
             Some(&reviewer),
             comment.as_deref(),
