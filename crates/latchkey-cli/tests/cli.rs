@@ -2793,3 +2793,188 @@ fn oidc_sign_in_links_scim_user() {
     assert!(events.contains("inactive_principal"), "{events}");
     assert!(events.contains("unknown_principal"), "{events}");
 }
+
+const ACCESS_POLICY: &str = r#"// Developers ask for prod and read it only under an approved grant.
+permit(principal in Group::"devs", action == Action::"request", resource in Vault::"prod");
+permit(principal in Group::"devs", action == Action::"read", resource in Vault::"prod")
+  when { context.grant };
+// Approvers review prod requests.
+permit(principal in Group::"approvers", action == Action::"approve", resource in Vault::"prod");
+"#;
+
+#[test]
+fn access_request_wait_approve_read_and_revoke() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_dev(&work.path().join("data"), true);
+    server.root(&["vault", "create", "prod", "--tag", "env=prod"]);
+    server.root(&["secret", "put", "lk://prod/db", "password=prod-Secret-0451"]);
+    let policy = work.path().join("access.cedar");
+    std::fs::write(&policy, ACCESS_POLICY).unwrap();
+    server.root(&[
+        "policy",
+        "set",
+        "access",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    server.root(&["user", "create", "dave", "--group", "devs"]);
+    server.root(&["user", "create", "bob", "--group", "approvers"]);
+    let token = |user: &str| {
+        stdout(&server.root(&["token", "create", "--user", user, "--ttl", "1h"]))
+            .trim()
+            .to_string()
+    };
+    let dave = token("dave");
+    let bob = token("bob");
+
+    // Without a grant: exit 7 and the command that asks for one.
+    let output = server.lk(Some(&dave), &["read", "lk://prod/db/password"], None);
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("lk request lk://prod/db --for 1h"),
+        "{}",
+        stderr(&output)
+    );
+    let run_env = [("DB_PASSWORD", "lk://prod/db/password")];
+    let output = lk_at(
+        &server.addr,
+        Some(&dave),
+        &work.path().join("config"),
+        &["run", "--", "true"],
+        None,
+        &run_env,
+    );
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+
+    // Too long for the vault: a usage error naming the limit.
+    let output = server.lk(
+        Some(&dave),
+        &["request", "lk://prod/db", "--for", "9h", "--reason", "x"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("at most 8h"),
+        "{}",
+        stderr(&output)
+    );
+
+    // `lk run --wait` asks, waits, and runs once bob approves.
+    let waiting = Command::new(LK)
+        .args([
+            "run",
+            "--wait",
+            "--for",
+            "30m",
+            "--reason",
+            "INC-4211",
+            "--",
+            "sh",
+            "-c",
+            "test \"$DB_PASSWORD\" = prod-Secret-0451",
+        ])
+        .env("LATCHKEY_ADDR", &server.addr)
+        .env("LATCHKEY_CONFIG_DIR", work.path().join("config"))
+        .env("LATCHKEY_TOKEN", &dave)
+        .env("DB_PASSWORD", "lk://prod/db/password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let output = server.lk(
+            Some(&bob),
+            &["requests", "--pending", "--format", "json"],
+            None,
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if let Some(first) = list.as_array().and_then(|l| l.first()) {
+            assert_eq!(first["reason"], "INC-4211");
+            assert_eq!(first["resources"][0], "lk://prod/db");
+            assert_eq!(first["can_review"], true);
+            break first["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The requester cannot approve it; exit 4 and no approval counted.
+    let output = server.lk(Some(&dave), &["approve", &id], None);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("your own"), "{}", stderr(&output));
+
+    let output = server.lk(
+        Some(&bob),
+        &["approve", &id, "--comment", "checked the incident"],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("approved request"),
+        "{}",
+        stdout(&output)
+    );
+    let finished = waiting.wait_with_output().unwrap();
+    assert!(
+        finished.status.success(),
+        "lk run --wait failed: {}",
+        stderr(&finished)
+    );
+    assert!(
+        stderr(&finished).contains("approved by User::\"bob\""),
+        "{}",
+        stderr(&finished)
+    );
+
+    let output = server.lk(Some(&dave), &["read", "lk://prod/db/password"], None);
+    assert_eq!(stdout(&output).trim(), "prod-Secret-0451");
+    let shown = stdout(&server.lk(Some(&dave), &["requests", &id], None));
+    assert!(shown.contains("status:     approved"), "{shown}");
+    assert!(
+        shown.contains("User::\"bob\" approves at") && shown.contains("checked the incident"),
+        "{shown}"
+    );
+
+    // The grant, listed and revoked by its holder: reads stop at once.
+    let output = server.lk(Some(&dave), &["grants", "--live", "--format", "json"], None);
+    let grants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let grant = grants[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(grants[0]["approved_by"], "User::\"bob\"");
+    let output = server.lk(
+        Some(&dave),
+        &["grant", "revoke", &grant, "--reason", "done"],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = server.lk(Some(&dave), &["read", "lk://prod/db/password"], None);
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+
+    // The audit trail of the request, in one query.
+    let trail = stdout(&server.root(&["audit", "search", "--access-request", &id]));
+    for needle in [
+        "request",
+        "approve",
+        "grant",
+        "read",
+        "comment=checked the incident",
+        "approval_reason=INC-4211",
+    ] {
+        assert!(trail.contains(needle), "{needle} missing from:\n{trail}");
+    }
+
+    // Vault settings, shown and changed.
+    let output = server.root(&["vault", "access", "prod", "--approvals", "2"]);
+    assert!(
+        stdout(&output).contains("approvals:       2"),
+        "{}",
+        stdout(&output)
+    );
+    let output = server.lk(
+        server.root.as_deref(),
+        &["vault", "access", "prod", "--max-grant", "never"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    server.stop();
+}

@@ -35,6 +35,9 @@ pub struct EventsQuery {
     pub request_id: Option<String>,
     /// Only events under this grant id.
     pub grant: Option<String>,
+    /// Only events of this access request: asked, reviewed, granted, read under its
+    /// grant, expired, revoked.
+    pub access_request: Option<String>,
     /// Only events with this outcome.
     pub outcome: Option<Outcome>,
     /// Only events at or after this time: RFC 3339, or a duration before now such as `7d`.
@@ -78,7 +81,7 @@ fn time_bound(name: &str, value: Option<&str>) -> ApiResult<Option<String>> {
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit",
     params(("after" = Option<u64>, Query), ("limit" = Option<u32>, Query),
         ("principal" = Option<String>, Query), ("resource" = Option<String>, Query, description = "resource prefix"),
-        ("action" = Option<String>, Query), ("request_id" = Option<String>, Query), ("grant" = Option<String>, Query), ("outcome" = Option<String>, Query, description = "allowed, denied or failed"),
+        ("action" = Option<String>, Query), ("request_id" = Option<String>, Query), ("grant" = Option<String>, Query), ("access_request" = Option<String>, Query), ("outcome" = Option<String>, Query, description = "allowed, denied or failed"),
         ("since" = Option<String>, Query, description = "RFC 3339 time or a duration before now, such as 7d"),
         ("until" = Option<String>, Query, description = "RFC 3339 time or a duration before now; exclusive")),
     responses((status = 200, body = EventsResponse)))]
@@ -98,6 +101,7 @@ pub async fn list_events(
         action: query.action,
         request_id: query.request_id,
         grant: query.grant,
+        access_request: query.access_request,
         outcome: query.outcome,
     };
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;

@@ -411,6 +411,37 @@ async fn two_approvals_needed_and_requester_vote_does_not_count() {
     let (status, _) = h.read(&alice, PROD_DB).await;
     assert_eq!(status, StatusCode::OK);
 
+    // Every step of the request, in one query.
+    let steps = h
+        .events(AuditFilter {
+            access_request: Some(id.to_string()),
+            ..AuditFilter::default()
+        })
+        .await;
+    let steps: Vec<(String, String, String)> = steps
+        .iter()
+        .map(|e| {
+            (
+                e.record.action.clone(),
+                e.record.principal.clone(),
+                format!("{:?}", e.record.outcome),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("request", "alice", "Allowed"),
+        ("approve", "alice", "Denied"),
+        ("approve", "bob", "Allowed"),
+        ("approve", "bob", "Failed"),
+        ("approve", "carol", "Allowed"),
+        ("grant", "carol", "Allowed"),
+        ("read", "alice", "Allowed"),
+    ]
+    .iter()
+    .map(|(a, p, o)| (a.to_string(), format!("User::\"{p}\""), o.to_string()))
+    .collect();
+    assert_eq!(steps, expected);
+
     // A decided request cannot be reviewed again.
     let dave = h.token("dave").await;
     let (status, _) = h.review(&dave, id, "deny", "late").await;
@@ -958,7 +989,10 @@ async fn webhooks_hear_every_step() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let bodies = bodies.lock().unwrap().clone();
-    let kinds: Vec<&str> = bodies.iter().map(|b| b["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, expected);
     assert_eq!(bodies[0]["request_id"], id);
     assert_eq!(bodies[0]["reason"], "INC-7");

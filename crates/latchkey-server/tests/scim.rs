@@ -462,3 +462,151 @@ async fn filter_and_pagination() {
         "pages do not overlap"
     );
 }
+
+#[tokio::test]
+async fn deactivation_revokes_token_grant_and_pending_request_at_once() {
+    let h = harness().await;
+    let root = h.root.clone();
+    let ann_id = h.create_user("ann").await;
+    let bob_id = h.create_user("bob").await;
+    // Group `ops` (ann and bob): ops may ask for prod, read it under a grant, and approve.
+    group_with(&h, &[&ann_id, &bob_id]).await;
+    let (status, body) = h
+        .call("POST", "/v1/vaults", &root, Some(json!({"name": "prod"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for secret in ["db", "api"] {
+        let (status, body) = h
+            .call(
+                "PUT",
+                &format!("/v1/vaults/prod/secrets/{secret}"),
+                &root,
+                Some(json!({"fields": {"password": {"text": "s3cret"}}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let policy = r#"permit(principal in Group::"ops", action in [Action::"request", Action::"approve"], resource in Vault::"prod");
+permit(principal in Group::"ops", action == Action::"read", resource in Vault::"prod") when { context.grant };"#;
+    let (status, body) = h
+        .call(
+            "PUT",
+            "/v1/policies/ops",
+            &root,
+            Some(json!({"policy": policy})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ann = h.user_token("ann").await;
+    let bob = h.user_token("bob").await;
+
+    // ann holds a token, a live grant on prod/db and a pending request for prod/api.
+    let (status, request) = h
+        .call(
+            "POST",
+            "/v1/requests",
+            &ann,
+            Some(json!({"resources": ["lk://prod/db"], "duration": "1h", "reason": "INC-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{request}");
+    let (status, approved) = h
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/approve", request["id"].as_str().unwrap()),
+            &bob,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    let grant = approved["grant"].as_str().unwrap().to_string();
+    let (status, pending) = h
+        .call(
+            "POST",
+            "/v1/requests",
+            &ann,
+            Some(json!({"resources": ["lk://prod/api"], "duration": "1h", "reason": "INC-2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{pending}");
+    let pending = pending["id"].as_str().unwrap().to_string();
+    let read = |token: String| {
+        let h = &h;
+        async move {
+            h.call("GET", "/v1/read?ref=lk://prod/db/password", &token, None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(read(ann.clone()).await, StatusCode::OK);
+
+    let (status, body) = h
+        .patch(
+            &format!("/scim/v2/Users/{ann_id}"),
+            json!([{"op": "replace", "value": {"active": false}}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Right after: the token is refused, the grant revoked, the request cancelled.
+    assert_eq!(read(ann.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.whoami(&ann).await, StatusCode::UNAUTHORIZED);
+    let (_, shown) = h
+        .call("GET", &format!("/v1/grants/{grant}"), &root, None)
+        .await;
+    assert_eq!(shown["status"], "revoked", "{shown}");
+    assert_eq!(shown["revoke_reason"], "offboarded");
+    let (_, shown) = h
+        .call("GET", &format!("/v1/requests/{pending}"), &root, None)
+        .await;
+    assert_eq!(shown["status"], "cancelled", "{shown}");
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/v1/requests/{pending}/approve"),
+            &bob,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // One audit event per revocation.
+    let count = |action: &str| {
+        let filter = AuditFilter {
+            limit: 1000,
+            action: Some(action.into()),
+            ..AuditFilter::default()
+        };
+        let store = h.store.clone();
+        async move {
+            store
+                .search_audit(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| {
+                    e.record.detail.get("operation").map(String::as_str) == Some("offboard")
+                })
+                .count()
+        }
+    };
+    assert_eq!(count("revoke_token").await, 1);
+    assert_eq!(count("revoke_grant").await, 1);
+    assert_eq!(count("cancel").await, 1);
+
+    // Reactivation restores the account, not what was revoked.
+    let (status, _) = h
+        .patch(
+            &format!("/scim/v2/Users/{ann_id}"),
+            json!([{"op": "replace", "path": "active", "value": true}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.whoami(&ann).await, StatusCode::UNAUTHORIZED);
+    let fresh = h.user_token("ann").await;
+    let (status, body) = h
+        .call("GET", "/v1/read?ref=lk://prod/db/password", &fresh, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "grant_required");
+}

@@ -342,6 +342,8 @@ pub struct AuditFilter {
     pub request_id: Option<String>,
     /// Exact grant id, from the event's `grant` detail.
     pub grant: Option<String>,
+    /// Exact access request id, from the event's `access_request` detail.
+    pub access_request: Option<String>,
     /// Outcome.
     pub outcome: Option<Outcome>,
     /// Events at or after this time, formatted by

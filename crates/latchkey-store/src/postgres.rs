@@ -901,6 +901,10 @@ impl Store for PostgresStore {
             q.push(" AND (detail::jsonb ->> 'grant') = ")
                 .push_bind(grant.clone());
         }
+        if let Some(request) = &filter.access_request {
+            q.push(" AND (detail::jsonb ->> 'access_request') = ")
+                .push_bind(request.clone());
+        }
         if let Some(outcome) = filter.outcome {
             q.push(" AND outcome = ").push_bind(outcome_str(outcome));
         }

@@ -800,6 +800,10 @@ impl Store for SqliteStore {
             q.push(" AND json_extract(detail, '$.grant') = ")
                 .push_bind(grant.clone());
         }
+        if let Some(request) = &filter.access_request {
+            q.push(" AND json_extract(detail, '$.access_request') = ")
+                .push_bind(request.clone());
+        }
         if let Some(outcome) = filter.outcome {
             q.push(" AND outcome = ").push_bind(outcome_str(outcome));
         }

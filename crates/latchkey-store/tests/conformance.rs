@@ -16,9 +16,10 @@ use latchkey_core::audit::{
     seal_event,
 };
 use latchkey_store::{
-    AuditFilter, ConnectorRow, LoginAttemptRow, PrincipalRow, ScimGroupRow, ScimLink, ScimTokenRow,
-    ScimUserRow, SecretRow, SecretVersionRow, SqliteStore, Store, StoreError, TokenRow, VaultRow,
-    transfer,
+    AccessRequestFilter, AccessRequestRow, AccessResource, AccessReviewRow, AuditFilter,
+    ConnectorRow, GrantFilter, GrantRow, LoginAttemptRow, PrincipalRow, ReviewOutcome,
+    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretRow, SecretVersionRow, SqliteStore,
+    Store, StoreError, TokenRow, VaultRow, transfer,
 };
 
 async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
@@ -1401,6 +1402,267 @@ async fn offboarding_revokes_live_tokens(store: &dyn Store) {
     );
 }
 
+fn access_request(id: &str, requester: &str, approvals: i64) -> AccessRequestRow {
+    AccessRequestRow {
+        id: id.into(),
+        requester_id: requester.into(),
+        requester: format!("User::\"{requester}\""),
+        resources: vec![AccessResource {
+            vault: "prod".into(),
+            secret: Some("db".into()),
+        }],
+        duration: 600,
+        reason: "INC-1".into(),
+        ticket: None,
+        kind: "review".into(),
+        approvals_required: approvals,
+        status: "pending".into(),
+        created_at: 100,
+        expires_at: 1000,
+        decided_at: None,
+        decided_by: None,
+        grant_id: None,
+        reviews: Vec::new(),
+    }
+}
+
+fn review(request: &str, reviewer: &str, verdict: &str, at: i64) -> AccessReviewRow {
+    AccessReviewRow {
+        request_id: request.into(),
+        reviewer_id: reviewer.into(),
+        reviewer: format!("User::\"{reviewer}\""),
+        verdict: verdict.into(),
+        comment: Some(format!("{verdict} by {reviewer}")),
+        created_at: at,
+    }
+}
+
+fn grant_template(id: &str) -> GrantRow {
+    GrantRow {
+        id: id.into(),
+        request_id: String::new(),
+        principal_id: String::new(),
+        principal: String::new(),
+        resources: Vec::new(),
+        approved_by: String::new(),
+        reason: String::new(),
+        kind: String::new(),
+        starts_at: 0,
+        expires_at: 0,
+        revoked_at: None,
+        revoked_by: None,
+        revoke_reason: None,
+    }
+}
+
+async fn access_requests_reviews_and_grants(store: &dyn Store) {
+    for (id, name) in [("p1", "ann"), ("p2", "bob"), ("p3", "cat")] {
+        store
+            .create_principal(&principal(id, name, &[]))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_access_request(&access_request("r1", "p1", 2), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_access_request(&access_request("r1", "p1", 2), None)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // The first approval of two leaves it pending; the same reviewer cannot vote twice.
+    let first = store
+        .review_access_request(
+            &review("r1", "p2", "approve", 200),
+            &grant_template("g1"),
+            200,
+        )
+        .await
+        .unwrap();
+    let ReviewOutcome::Recorded { request, grant } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        (request.status.as_str(), request.approvals()),
+        ("pending", 1)
+    );
+    assert!(grant.is_none());
+    assert!(matches!(
+        store
+            .review_access_request(
+                &review("r1", "p2", "approve", 210),
+                &grant_template("g1"),
+                210
+            )
+            .await
+            .unwrap(),
+        ReviewOutcome::AlreadyReviewed(_)
+    ));
+
+    // The second creates the grant, its clock starting at the approval.
+    let second = store
+        .review_access_request(
+            &review("r1", "p3", "approve", 300),
+            &grant_template("g1"),
+            300,
+        )
+        .await
+        .unwrap();
+    let ReviewOutcome::Recorded { request, grant } = second else {
+        panic!("{second:?}")
+    };
+    assert_eq!(request.status, "approved");
+    assert_eq!(request.grant_id.as_deref(), Some("g1"));
+    assert_eq!(request.reviews.len(), 2);
+    let grant = grant.unwrap();
+    assert_eq!((grant.starts_at, grant.expires_at), (300, 900));
+    assert_eq!(grant.approved_by, "User::\"p2\",User::\"p3\"");
+    assert_eq!(grant.principal, "User::\"p1\"");
+    assert_eq!(store.grant("g1").await.unwrap(), Some(grant.clone()));
+    assert!(matches!(
+        store
+            .review_access_request(&review("r1", "p1", "deny", 310), &grant_template("g2"), 310)
+            .await
+            .unwrap(),
+        ReviewOutcome::NotPending(_)
+    ));
+    assert_eq!(
+        store.live_grants("p1", 899).await.unwrap(),
+        vec![grant.clone()]
+    );
+    assert!(store.live_grants("p1", 900).await.unwrap().is_empty());
+
+    // A pending request past its expiry is refused, then expired by the sweep once.
+    store
+        .insert_access_request(&access_request("r2", "p1", 1), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .review_access_request(
+                &review("r2", "p2", "approve", 1000),
+                &grant_template("g2"),
+                1000
+            )
+            .await
+            .unwrap(),
+        ReviewOutcome::Expired(_)
+    ));
+    let expired = store.expire_access_requests(1000, 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].status, "expired");
+    assert!(
+        store
+            .expire_access_requests(1000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Grant expiry is recorded once; a revoked grant is not an expiry.
+    assert_eq!(
+        store.unrecorded_grant_expiries(899, 10).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .unrecorded_grant_expiries(900, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store.mark_grant_expiry_recorded("g1", 900).await.unwrap());
+    assert!(!store.mark_grant_expiry_recorded("g1", 901).await.unwrap());
+    assert!(
+        store
+            .unrecorded_grant_expiries(900, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Offboarding revokes live grants and cancels pending requests in its transaction.
+    let mut live = access_request("r3", "p1", 1);
+    live.expires_at = 5000;
+    store.insert_access_request(&live, None).await.unwrap();
+    store
+        .review_access_request(
+            &review("r3", "p2", "approve", 1100),
+            &grant_template("g3"),
+            1100,
+        )
+        .await
+        .unwrap();
+    let mut pending = access_request("r4", "p1", 1);
+    pending.expires_at = 5000;
+    store.insert_access_request(&pending, None).await.unwrap();
+    let result = store.offboard_principal("p1", 1200).await.unwrap();
+    assert_eq!(
+        result
+            .revoked_grants
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect::<Vec<_>>(),
+        ["g3"]
+    );
+    assert_eq!(result.revoked_grants[0].revoked_at, Some(1200));
+    assert_eq!(
+        result
+            .cancelled_requests
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["r4"]
+    );
+    assert!(store.live_grants("p1", 1200).await.unwrap().is_empty());
+    assert!(
+        store
+            .revoke_grant("g3", "x", "again", 1300)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let listed = store
+        .list_access_requests(&AccessRequestFilter {
+            status: Some("cancelled".into()),
+            requester_id: Some("p1".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "r4");
+    let all = store
+        .list_access_requests(&AccessRequestFilter {
+            limit: 10,
+            ..AccessRequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    let approved = all.iter().find(|r| r.id == "r1").unwrap();
+    assert_eq!(approved.reviews.len(), 2, "lists carry the reviews");
+    let grants = store
+        .list_grants(&GrantFilter {
+            principal_id: Some("p1".into()),
+            limit: 10,
+            ..GrantFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(grants.len(), 2);
+
+    store
+        .put_vault_settings("v_missing_is_not_checked", "{}", 1)
+        .await
+        .unwrap_err();
+}
+
 async fn scim_tokens_are_separate(store: &dyn Store) {
     let row = ScimTokenRow {
         accessor: "scim_1".into(),
@@ -1503,6 +1765,7 @@ mod sqlite_backend {
         );
     }
     sqlite_case!(expired_tokens_are_claimed_once);
+    sqlite_case!(access_requests_reviews_and_grants);
 
     #[tokio::test]
     async fn concurrent_holders_never_share_work() {
@@ -1693,6 +1956,7 @@ mod postgres_backend {
     postgres_case!(offboarding_revokes_live_tokens);
     postgres_case!(scim_tokens_are_separate);
     postgres_case!(expired_tokens_are_claimed_once);
+    postgres_case!(access_requests_reviews_and_grants);
 
     #[tokio::test]
     async fn concurrent_holders_never_share_work() {

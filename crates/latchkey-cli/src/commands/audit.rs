@@ -96,9 +96,13 @@ pub enum AuditCommand {
         /// The request id an error message or the `x-request-id` header gave.
         #[arg(long)]
         request_id: Option<String>,
-        /// A grant id: the events of reads under that grant.
+        /// A grant id: the events of that grant and of the reads under it.
         #[arg(long)]
         grant: Option<String>,
+        /// An access request id: every step of that request, from asking to the reads
+        /// under its grant.
+        #[arg(long)]
+        access_request: Option<String>,
         #[arg(long, value_enum)]
         outcome: Option<OutcomeArg>,
         /// RFC 3339 time, or a duration before now such as `7d`.
@@ -155,6 +159,7 @@ struct Filters {
     action: Option<String>,
     request_id: Option<String>,
     grant: Option<String>,
+    access_request: Option<String>,
     outcome: Option<&'static str>,
     since: Option<String>,
     until: Option<String>,
@@ -173,6 +178,7 @@ async fn page(client: &Client, after: u64, limit: u32, filters: &Filters) -> Cli
             ("action", filters.action.as_deref()),
             ("request_id", filters.request_id.as_deref()),
             ("grant", filters.grant.as_deref()),
+            ("access_request", filters.access_request.as_deref()),
             ("outcome", filters.outcome),
             ("since", filters.since.as_deref()),
             ("until", filters.until.as_deref()),
@@ -815,6 +821,7 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
             action,
             request_id,
             grant,
+            access_request,
             outcome,
             since,
             until,
@@ -829,6 +836,7 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
                 action,
                 request_id,
                 grant,
+                access_request,
                 outcome: outcome.map(OutcomeArg::as_str),
                 since: time_arg("since", since)?,
                 until: time_arg("until", until)?,
