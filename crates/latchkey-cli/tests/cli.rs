@@ -2932,7 +2932,7 @@ fn access_request_wait_approve_read_and_revoke() {
     let shown = stdout(&server.lk(Some(&dave), &["requests", &id], None));
     assert!(shown.contains("status:     approved"), "{shown}");
     assert!(
-        shown.contains("User::\"bob\" approves at") && shown.contains("checked the incident"),
+        shown.contains("User::\"bob\" approved at") && shown.contains("checked the incident"),
         "{shown}"
     );
 

@@ -290,7 +290,7 @@ async fn read_needs_grant_then_approval_by_another_allows_it() {
     let approve = &trail[0].record;
     assert_eq!(approve.principal, r#"User::"bob""#);
     assert_eq!(approve.detail["comment"], "checked INC-4211");
-    assert_eq!(approve.detail["reason"], "INC-4211");
+    assert_eq!(approve.detail["request_reason"], "INC-4211");
     let read = &trail[2].record;
     assert_eq!(read.principal, r#"User::"dave""#);
     assert_eq!(read.detail["approved_by"], r#"User::"bob""#);

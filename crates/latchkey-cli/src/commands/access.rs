@@ -13,13 +13,13 @@ use crate::commands::text;
 use crate::error::{CliError, CliResult, EXIT_GRANT_REQUIRED, EXIT_PERMISSION_DENIED};
 use crate::output::{self, Format};
 
-/// How often a wait asks the server about its request.
+/// Interval between two polls of a request's status while waiting.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct RequestArgs {
-    /// What to ask for: vaults (`lk://prod`) or secrets (`lk://prod/db`). A field in a
-    /// reference is ignored: access covers the whole secret.
+    /// Vaults (`lk://prod`) or secrets (`lk://prod/db`) to request access to. A field in a
+    /// reference is ignored, because access covers the whole secret.
     #[arg(required_unless_present = "cancel")]
     resources: Vec<String>,
     /// How long access lasts once approved, such as `30m` or `1h`.
@@ -321,11 +321,15 @@ fn print_request(r: &serde_json::Value) {
     if let Some(reviews) = r["reviews"].as_array() {
         for review in reviews {
             let comment = text(review, "comment");
+            let verdict = match text(review, "verdict").as_str() {
+                "approve" => "approved",
+                "deny" => "denied",
+                _ => "reviewed",
+            };
             println!(
-                "{:<11} {} {}s at {}{}",
+                "{:<11} {} {verdict} at {}{}",
                 "review:",
                 text(review, "reviewer"),
-                text(review, "verdict"),
                 text(review, "time"),
                 if comment.is_empty() {
                     String::new()

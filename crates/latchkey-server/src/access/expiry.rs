@@ -1,6 +1,6 @@
 //! The background job that ends access requests left pending past their expiry, and
 //! records grants that ran out. Reads already stop at a grant's expiry without it: this
-//! job writes the audit events and tells the webhooks.
+//! job writes the audit events and notifies the webhooks.
 
 use latchkey_core::audit::format_time;
 

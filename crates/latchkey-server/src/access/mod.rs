@@ -25,12 +25,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::notify::{AccessEvent, AccessEventKind};
 use crate::state::{AppState, RequestCtx, SharedState};
 
-/// The Cedar-style uid of an access request in audit events.
+/// Returns the Cedar-style uid that audit events give an access request.
 pub fn request_uid(id: &str) -> String {
     format!("AccessRequest::\"{id}\"")
 }
 
-/// The Cedar-style uid of a grant in audit events.
+/// Returns the Cedar-style uid that audit events give a grant.
 pub fn grant_uid(id: &str) -> String {
     format!("Grant::\"{id}\"")
 }
@@ -241,7 +241,7 @@ pub fn request_detail(request: &AccessRequestRow) -> BTreeMap<String, String> {
         resource_refs(&request.resources).join(","),
     );
     detail.insert("duration".to_string(), duration_text(request.duration));
-    detail.insert("reason".to_string(), request.reason.clone());
+    detail.insert("request_reason".to_string(), request.reason.clone());
     if let Some(ticket) = &request.ticket {
         detail.insert("ticket".to_string(), ticket.clone());
     }

@@ -23,12 +23,12 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery, format_unix, new_id, validate_n
 use crate::state::{AppState, RequestCtx, SharedState};
 use crate::vaults::load_vault;
 
-/// The most resources one request may name.
+/// Maximum number of resources one request may name.
 pub const MAX_RESOURCES: usize = 20;
 const MAX_REASON_BYTES: usize = 1000;
 const MAX_TICKET_BYTES: usize = 500;
 const MAX_COMMENT_BYTES: usize = 1000;
-/// The most requests a list returns.
+/// Maximum number of requests a list returns.
 const LIST_LIMIT: u32 = 500;
 
 #[derive(Deserialize, ToSchema)]
