@@ -612,7 +612,15 @@ struct KeySetSlot {
 }
 
 /// One issuer's discovery document, locked so concurrent logins share one fetch.
-type DiscoverySlot = Arc<tokio::sync::Mutex<Option<Cached<Discovery>>>>;
+#[derive(Default)]
+struct DiscoveryEntry {
+    cached: Option<Cached<Discovery>>,
+    /// When a fetch last failed, so a provider that is down is asked once per window.
+    last_failure: Option<Instant>,
+    last_error: Option<String>,
+}
+
+type DiscoverySlot = Arc<tokio::sync::Mutex<DiscoveryEntry>>;
 
 /// Fetches and caches what providers publish. Every fetch is counted, for `/metrics` and
 /// for tests that check refetch limits.
@@ -668,7 +676,8 @@ impl ProviderClient {
     }
 
     /// Returns the issuer's discovery document, fetched again once its cache lifetime has
-    /// passed. While none was ever fetched, every call tries again.
+    /// passed. After a failed fetch the provider is asked again only after
+    /// [`REFETCH_WINDOW`]; meanwhile calls get the last good document, or the error.
     ///
     /// # Errors
     /// A message for the operator log when it cannot be fetched or does not match.
@@ -681,10 +690,20 @@ impl ProviderClient {
             Arc::clone(map.entry(issuer.to_string()).or_default())
         };
         let mut slot = slot.lock().await;
-        if let Some(cached) = slot.as_ref()
+        if let Some(cached) = slot.cached.as_ref()
             && cached.fetched.elapsed() < cached.lifetime
         {
             return Ok(Arc::clone(&cached.value));
+        }
+        if slot
+            .last_failure
+            .is_some_and(|at| at.elapsed() < REFETCH_WINDOW)
+        {
+            return match (&slot.cached, &slot.last_error) {
+                (Some(stale), _) => Ok(Arc::clone(&stale.value)),
+                (None, Some(error)) => Err(error.clone()),
+                (None, None) => Err(format!("no discovery document from `{issuer}` yet")),
+            };
         }
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -704,21 +723,27 @@ impl ProviderClient {
         }) {
             Ok((doc, lifetime)) => {
                 let value = Arc::new(doc);
-                *slot = Some(Cached {
+                slot.cached = Some(Cached {
                     value: Arc::clone(&value),
                     fetched: Instant::now(),
                     lifetime,
                 });
+                slot.last_failure = None;
+                slot.last_error = None;
                 Ok(value)
             }
             // A provider that is briefly down keeps working from the last good document.
-            Err(error) => match slot.as_ref() {
-                Some(stale) => {
-                    tracing::warn!(%error, "using the last discovery document");
-                    Ok(Arc::clone(&stale.value))
+            Err(error) => {
+                slot.last_failure = Some(Instant::now());
+                slot.last_error = Some(error.clone());
+                match slot.cached.as_ref() {
+                    Some(stale) => {
+                        tracing::warn!(%error, "using the last discovery document");
+                        Ok(Arc::clone(&stale.value))
+                    }
+                    None => Err(error),
                 }
-                None => Err(error),
-            },
+            }
         }
     }
 

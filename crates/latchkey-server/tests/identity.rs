@@ -773,3 +773,26 @@ async fn jwt_role_admin_api() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn failing_discovery_is_fetched_once_per_window() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&hits);
+    let app = Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::SERVICE_UNAVAILABLE }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = latchkey_server::identity::ProviderClient::new().unwrap();
+    for _ in 0..5 {
+        let error = client.discovery(&issuer).await.unwrap_err();
+        assert!(error.contains("503"), "{error}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
