@@ -958,7 +958,10 @@ async fn webhooks_hear_every_step() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let bodies = bodies.lock().unwrap().clone();
-    let kinds: Vec<&str> = bodies.iter().map(|b| b["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, expected);
     assert_eq!(bodies[0]["request_id"], id);
     assert_eq!(bodies[0]["reason"], "INC-7");

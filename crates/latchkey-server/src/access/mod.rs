@@ -290,7 +290,9 @@ pub fn announce(
         ticket: request.ticket.clone(),
         actor: actor.map(str::to_string),
         comment: comment.map(str::to_string),
-        grant_id: grant.map(|g| g.id.clone()).or_else(|| request.grant_id.clone()),
+        grant_id: grant
+            .map(|g| g.id.clone())
+            .or_else(|| request.grant_id.clone()),
         approvals: u32::try_from(request.approvals()).unwrap_or(0),
         approvals_required: u32::try_from(request.approvals_required).unwrap_or(1),
         time: format_time(chrono::Utc::now()),
