@@ -11,8 +11,8 @@ use utoipa::OpenApi;
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::{
-    access, access_report, audit_api, audit_retention, auth, connectors, login, metrics, policies,
-    scim, secrets, sys, tokens, users, vaults,
+    access, access_report, approvals, audit_api, audit_retention, auth, connectors, login, metrics,
+    policies, scim, secrets, sys, tokens, users, vaults,
 };
 
 #[derive(OpenApi)]
@@ -218,6 +218,8 @@ pub fn router(state: SharedState) -> Router {
         .merge(public)
         .merge(protected)
         .merge(scim::router(state.clone()))
+        // The approvals page, outside `/v1`: HTML for people, signed in with a cookie.
+        .merge(approvals::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

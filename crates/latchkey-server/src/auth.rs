@@ -146,6 +146,15 @@ pub async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Caller, (AuthFailure, Option<String>)> {
     let text = bearer_token(headers).ok_or((AuthFailure::Missing, None))?;
+    authenticate_token(state, text).await
+}
+
+/// Resolves a token, however the request carried it, to its caller: the same checks for
+/// the API's bearer token and the approvals page's session cookie.
+pub async fn authenticate_token(
+    state: &SharedState,
+    text: &str,
+) -> Result<Caller, (AuthFailure, Option<String>)> {
     let raw = RawToken::parse(text).map_err(|_| (AuthFailure::Malformed, None))?;
     let hash = raw.hash().0;
     drop(raw);
@@ -258,21 +267,15 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
             return ApiError::storage_unavailable().into_response();
         }
         Err((failure, accessor)) => {
-            tracing::warn!(reason = failure.code(), client = ?client, "authentication failed");
-            let record = AuditRecord {
-                time: format_time(chrono::Utc::now()),
+            let failed = FailedAuth {
                 request_id,
-                principal: "anonymous".into(),
+                client_addr: client,
                 action: fallback_action,
                 resource: fallback_resource,
-                outcome: Outcome::Failed,
-                reason: Some(failure.code().into()),
-                policies: Vec::new(),
-                client_addr: client,
-                token_id: accessor,
-                detail: Default::default(),
+                failure,
+                accessor,
             };
-            if state.audit.append(record).await.is_err() {
+            if record_auth_failure(&state, failed).await.is_err() {
                 return ApiError::audit_unavailable().into_response();
             }
             return ApiError::unauthenticated().into_response();
@@ -288,6 +291,37 @@ pub async fn guard(State(state): State<SharedState>, mut request: Request, next:
     request.extensions_mut().insert(ctx.clone());
     let response = next.run(request).await;
     record_response(&state, &ctx, response, fallback_action, fallback_resource).await
+}
+
+/// A request whose token was refused, for its audit event.
+pub(crate) struct FailedAuth {
+    pub request_id: String,
+    pub client_addr: Option<String>,
+    pub action: String,
+    pub resource: String,
+    pub failure: AuthFailure,
+    /// The token's accessor, when the token was found.
+    pub accessor: Option<String>,
+}
+
+/// Logs a failed authentication and writes its audit event. Returns Err when the audit log
+/// cannot be written.
+pub(crate) async fn record_auth_failure(state: &SharedState, failed: FailedAuth) -> Result<(), ()> {
+    tracing::warn!(reason = failed.failure.code(), client = ?failed.client_addr, "authentication failed");
+    let record = AuditRecord {
+        time: format_time(chrono::Utc::now()),
+        request_id: failed.request_id,
+        principal: "anonymous".into(),
+        action: failed.action,
+        resource: failed.resource,
+        outcome: Outcome::Failed,
+        reason: Some(failed.failure.code().into()),
+        policies: Vec::new(),
+        client_addr: failed.client_addr,
+        token_id: failed.accessor,
+        detail: Default::default(),
+    };
+    state.audit.append(record).await.map(|_| ()).map_err(|_| ())
 }
 
 /// Writes the audit event of a handled request unless the handler already recorded it,

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod access_report;
 pub mod app;
+pub mod approvals;
 pub mod audit_api;
 pub mod audit_log;
 pub mod audit_retention;

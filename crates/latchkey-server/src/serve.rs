@@ -231,7 +231,9 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         .clone()
         .or_else(|| options.config.as_ref().and_then(|c| c.storage.clone()));
     let store = open_store(storage_url.as_deref(), &data_dir).await?;
-    let state = Arc::new(AppState::new(store, settings_from(&options)?).await?);
+    let mut settings = settings_from(&options)?;
+    settings.tls = tls.is_some();
+    let state = Arc::new(AppState::new(store, settings).await?);
     if let Some(config) = &options.config {
         let sinks =
             crate::audit_sinks::check_all(&config.audit.sinks).map_err(anyhow::Error::msg)?;

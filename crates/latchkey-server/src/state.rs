@@ -35,6 +35,9 @@ pub struct Settings {
     pub audit_retention: Option<(String, std::time::Duration)>,
     /// Access-request notification webhooks (`[notify]`).
     pub notify: NotifyConfig,
+    /// True when this server serves HTTPS itself; the approvals page then marks its
+    /// cookies `Secure`.
+    pub tls: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             auth: AuthConfig::default(),
             audit_retention: None,
             notify: NotifyConfig::default(),
+            tls: false,
         }
     }
 }
