@@ -2940,7 +2940,10 @@ fn access_request_wait_approve_read_and_revoke() {
     let output = server.lk(Some(&dave), &["grants", "--live", "--format", "json"], None);
     let grants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let grant = grants[0]["id"].as_str().unwrap().to_string();
-    assert_eq!(grants[0]["approved_by"], "User::\"bob\"");
+    assert_eq!(
+        grants[0]["approved_by"],
+        serde_json::json!(["User::\"bob\""])
+    );
     let output = server.lk(
         Some(&dave),
         &["grant", "revoke", &grant, "--reason", "done"],

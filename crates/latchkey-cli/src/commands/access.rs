@@ -13,8 +13,11 @@ use crate::commands::text;
 use crate::error::{CliError, CliResult, EXIT_GRANT_REQUIRED, EXIT_PERMISSION_DENIED};
 use crate::output::{self, Format};
 
-/// Interval between two polls of a request's status while waiting.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Seconds the server holds each status call of a wait open until the request changes.
+const WAIT_SECS: &str = "25";
+/// Pause between status calls that returned at once, so a server that ignores `wait`
+/// is not asked in a tight loop.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct RequestArgs {
@@ -22,9 +25,10 @@ pub struct RequestArgs {
     /// reference is ignored, because access covers the whole secret.
     #[arg(required_unless_present = "cancel")]
     resources: Vec<String>,
-    /// How long access lasts once approved, such as `30m` or `1h`.
-    #[arg(long = "for", default_value = "1h", value_name = "DURATION")]
-    duration: String,
+    /// How long access lasts once approved, such as `30m` or `1h` (default: 1h, or the
+    /// vault's longest grant when that is shorter).
+    #[arg(long = "for", value_name = "DURATION")]
+    duration: Option<String>,
     /// Why you need it; approvers see it, and the audit log keeps it.
     #[arg(long)]
     reason: Option<String>,
@@ -104,14 +108,10 @@ pub struct WaitArgs {
     /// (with `--for`, `--reason` and `--ticket`).
     #[arg(long)]
     pub wait: bool,
-    /// With `--wait`: how long access lasts once approved.
-    #[arg(
-        long = "for",
-        default_value = "1h",
-        value_name = "DURATION",
-        requires = "wait"
-    )]
-    pub duration: String,
+    /// With `--wait`: how long access lasts once approved (default: 1h, or the vault's
+    /// longest grant when that is shorter).
+    #[arg(long = "for", value_name = "DURATION", requires = "wait")]
+    pub duration: Option<String>,
     /// With `--wait`: why you need access.
     #[arg(long, requires = "wait")]
     pub reason: Option<String>,
@@ -151,15 +151,38 @@ pub fn grant_error(needed: &[SecretRef]) -> CliError {
     }
 }
 
-fn duration_check(duration: &str) -> CliResult<()> {
-    latchkey_core::duration::parse_duration(duration)
-        .map(|_| ())
-        .map_err(|e| CliError::usage(format!("--for `{duration}`: {e}")))
+fn duration_check(duration: Option<&str>) -> CliResult<()> {
+    match duration {
+        None => Ok(()),
+        Some(duration) => latchkey_core::duration::parse_duration(duration)
+            .map(|_| ())
+            .map_err(|e| CliError::usage(format!("--for `{duration}`: {e}"))),
+    }
+}
+
+fn limit_check(limit: u32) -> CliResult<()> {
+    if limit == 0 {
+        return Err(CliError::usage("`--limit` is 0; give 1 or more"));
+    }
+    Ok(())
+}
+
+/// Joins a JSON array of strings with `separator`.
+fn joined(value: &serde_json::Value, separator: &str) -> String {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(separator)
+        })
+        .unwrap_or_default()
 }
 
 /// Files a request for `needed` and waits for its decision; Ok once approved.
 pub async fn ask_and_wait(client: &Client, needed: &[SecretRef], args: &WaitArgs) -> CliResult<()> {
-    duration_check(&args.duration)?;
+    duration_check(args.duration.as_deref())?;
     let resources: Vec<String> = secrets_of(needed).iter().map(ToString::to_string).collect();
     let body = serde_json::json!({
         "resources": resources,
@@ -172,7 +195,7 @@ pub async fn ask_and_wait(client: &Client, needed: &[SecretRef], args: &WaitArgs
     eprintln!(
         "lk: asked for access to {} for {} (request {id})",
         resources.join(" "),
-        args.duration
+        text(&request, "duration")
     );
     wait(client, request).await.map(|_| ())
 }
@@ -200,6 +223,11 @@ pub async fn wait(client: &Client, mut request: serde_json::Value) -> CliResult<
     let id = text(&request, "id");
     let terminal = std::io::stderr().is_terminal();
     let mut last = String::new();
+    if text(&request, "status") == "pending" {
+        eprintln!(
+            "lk: waiting for approval; Ctrl-C stops waiting and leaves the request pending (`lk request --cancel {id}` withdraws it)"
+        );
+    }
     loop {
         let status = text(&request, "status");
         if status != "pending" {
@@ -208,9 +236,23 @@ pub async fn wait(client: &Client, mut request: serde_json::Value) -> CliResult<
             }
             return match status.as_str() {
                 "approved" => {
+                    let approvers = request["reviews"]
+                        .as_array()
+                        .map(|reviews| {
+                            reviews
+                                .iter()
+                                .filter(|r| text(r, "verdict") == "approve")
+                                .map(|r| text(r, "reviewer"))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    let by = if approvers.is_empty() {
+                        text(&request, "decided_by")
+                    } else {
+                        approvers.join(", ")
+                    };
                     eprintln!(
-                        "lk: request {id} approved by {}; access lasts {}",
-                        text(&request, "decided_by"),
+                        "lk: request {id} approved by {by}; access lasts {}",
                         text(&request, "duration")
                     );
                     Ok(request)
@@ -233,7 +275,7 @@ pub async fn wait(client: &Client, mut request: serde_json::Value) -> CliResult<
                 }
                 other => Err(CliError {
                     exit_code: EXIT_GRANT_REQUIRED,
-                    message: format!("request {id} is {other} without approval"),
+                    message: format!("request {id} was {other} before it was approved"),
                 }),
             };
         }
@@ -245,8 +287,15 @@ pub async fn wait(client: &Client, mut request: serde_json::Value) -> CliResult<
             eprintln!("lk: {line}");
         }
         last = line;
-        tokio::time::sleep(POLL_INTERVAL).await;
-        request = client.get(&["v1", "requests", &id]).await?;
+        let started = std::time::Instant::now();
+        let mut url = client.url(&["v1", "requests", &id])?;
+        url.query_pairs_mut().append_pair("wait", WAIT_SECS);
+        request = client
+            .send::<(), _>(reqwest::Method::GET, url, None)
+            .await?;
+        if let Some(rest) = MIN_INTERVAL.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
     }
 }
 
@@ -309,7 +358,14 @@ fn print_request(r: &serde_json::Value) {
             ),
         ),
         ("created", text(r, "created_at")),
-        ("expires", text(r, "expires_at")),
+        (
+            "expires",
+            if text(r, "status") == "pending" {
+                text(r, "expires_at")
+            } else {
+                String::new()
+            },
+        ),
         ("decided", text(r, "decided_at")),
         ("decided by", text(r, "decided_by")),
         ("grant", text(r, "grant")),
@@ -354,7 +410,7 @@ pub async fn request(args: RequestArgs, format: Format) -> CliResult<()> {
         }
         return Ok(());
     }
-    duration_check(&args.duration)?;
+    duration_check(args.duration.as_deref())?;
     let body = serde_json::json!({
         "resources": args.resources,
         "duration": args.duration,
@@ -367,7 +423,7 @@ pub async fn request(args: RequestArgs, format: Format) -> CliResult<()> {
     if format != Format::Json {
         match text(&request, "kind").as_str() {
             "break_glass" => println!(
-                "break-glass access granted until {} (grant {}); approvers have been told",
+                "break-glass access granted until {} (grant {}); every read under it is flagged in the audit log, and configured webhooks are notified",
                 grant_end(&client, &request).await,
                 text(&request, "grant")
             ),
@@ -404,6 +460,7 @@ async fn grant_end(client: &Client, request: &serde_json::Value) -> String {
 }
 
 pub async fn requests(args: RequestsArgs, format: Format) -> CliResult<()> {
+    limit_check(args.limit)?;
     let client = Client::from_env()?;
     if let Some(id) = args.id {
         let request: serde_json::Value = client.get(&["v1", "requests", &id]).await?;
@@ -511,12 +568,13 @@ fn grant_row(g: &serde_json::Value) -> Vec<String> {
             })
             .unwrap_or_default(),
         text(g, "expires_at"),
-        text(g, "approved_by"),
+        joined(&g["approved_by"], ", "),
         text(g, "reason"),
     ]
 }
 
 pub async fn grants(args: GrantsArgs, format: Format) -> CliResult<()> {
+    limit_check(args.limit)?;
     let client = Client::from_env()?;
     let mut url = client.url(&["v1", "grants"])?;
     {
@@ -597,7 +655,7 @@ pub async fn grant(command: GrantCommand, format: Format) -> CliResult<()> {
                 .unwrap_or_default(),
         ),
         ("request", text(&grant, "access_request")),
-        ("approved by", text(&grant, "approved_by")),
+        ("approved by", joined(&grant["approved_by"], ", ")),
         ("reason", text(&grant, "reason")),
         ("kind", text(&grant, "kind")),
         ("starts", text(&grant, "starts_at")),

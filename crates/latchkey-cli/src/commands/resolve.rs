@@ -63,6 +63,7 @@ pub async fn read_all_or_needed(
         let value = read_field(client, &reference).await;
         (reference, value)
     });
+    let several = fetches.len() > 1;
     let mut values = HashMap::new();
     let mut needed = Vec::new();
     for (reference, value) in futures::future::join_all(fetches).await {
@@ -71,7 +72,9 @@ pub async fn read_all_or_needed(
                 values.insert(reference, value);
             }
             Err(error) if error.exit_code == EXIT_GRANT_REQUIRED => needed.push(reference),
-            Err(error) => return Err(error.context(&reference)),
+            // With one reference the message needs no prefix saying which one failed.
+            Err(error) if several => return Err(error.context(&reference)),
+            Err(error) => return Err(error),
         }
     }
     if needed.is_empty() {

@@ -24,7 +24,7 @@ pub struct GrantView {
     pub holder: String,
     pub resources: Vec<String>,
     /// Reviewers, `policy:ID` for approval by policy, or `break_glass`.
-    pub approved_by: String,
+    pub approved_by: Vec<String>,
     pub reason: String,
     /// `review`, `auto` or `break_glass`.
     pub kind: String,
@@ -50,7 +50,12 @@ pub fn view(grant: &GrantRow, now: i64) -> GrantView {
         access_request: grant.request_id.clone(),
         holder: grant.principal.clone(),
         resources: resource_refs(&grant.resources),
-        approved_by: grant.approved_by.clone(),
+        approved_by: grant
+            .approved_by
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect(),
         reason: grant.reason.clone(),
         kind: grant.kind.clone(),
         status: status.to_string(),

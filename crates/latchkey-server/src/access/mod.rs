@@ -158,10 +158,16 @@ pub async fn authorize_read(
         .store
         .live_grants(&ctx.caller.principal_id, now)
         .await?;
-    if let Some(grant) = grants
-        .iter()
-        .find(|g| g.resources.iter().any(|r| r.covers(vault, secret)))
-    {
+    // The most specific grant names the read: one for this secret before a vault-wide one,
+    // then the one that lasts longest (the store lists them by expiry, latest first).
+    let covering = |exact: bool| {
+        grants.iter().find(|g| {
+            g.resources
+                .iter()
+                .any(|r| r.covers(vault, secret) && (r.secret.is_some() || !exact))
+        })
+    };
+    if let Some(grant) = covering(true).or_else(|| covering(false)) {
         let decision = state.decide(&ctx.caller, Action::Read, resource, true);
         if decision.allowed {
             ctx.slot.detail("grant", grant.id.clone());
@@ -177,24 +183,46 @@ pub async fn authorize_read(
     }
     let with_grant = state.decide(&ctx.caller, Action::Read, resource, true);
     let denied = state.record_decision(ctx, Action::Read, resource, standing);
-    if denied.is_err() && with_grant.allowed {
-        ctx.slot.detail("needs", "grant");
-        let reference = SecretRef {
-            vault: vault.into(),
-            secret: Some(secret.into()),
-            field: None,
-            version: None,
-        };
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "grant_required",
-            format!(
-                "{} needs approved access to read {reference}: ask for it with `lk request {reference} --for 1h --reason \"...\"`, or add `--wait` to `lk run` or `lk read` to ask and wait for the approval",
-                ctx.caller.principal.uid_string()
-            ),
-        ));
+    if denied.is_ok() || !with_grant.allowed {
+        return denied.map(|_| ());
     }
-    denied.map(|_| ())
+    // A grant would allow the read. Say how to get one, if the caller can.
+    let may = |action| state.decide(&ctx.caller, action, resource, false).allowed;
+    let (may_request, may_break_glass) = (may(Action::Request), may(Action::BreakGlass));
+    if !may_request && !may_break_glass {
+        return denied.map(|_| ());
+    }
+    ctx.slot.detail("needs", "grant");
+    let reference = SecretRef {
+        vault: vault.into(),
+        secret: Some(secret.into()),
+        field: None,
+        version: None,
+    };
+    let principal = ctx.caller.principal.uid_string();
+    let message = if may_request {
+        let longest = match state.store.vault_by_name(vault).await? {
+            Some(row) => settings::load(state, &row.id)
+                .await?
+                .limits()
+                .map(|l| l.max_grant)
+                .unwrap_or(3600),
+            None => 3600,
+        };
+        let duration = duration_text(longest.min(3600));
+        format!(
+            "{principal} needs approved access to read {reference}: ask for it with `lk request {reference} --for {duration} --reason \"...\"`, or add `--wait` to `lk run` or `lk read` to ask and wait for the approval"
+        )
+    } else {
+        format!(
+            "{principal} needs approved access to read {reference} and may not request it, but may break glass: `lk request {reference} --break-glass --for 15m --reason \"...\"` (approvers are notified, and every read is flagged)"
+        )
+    };
+    Err(ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "grant_required",
+        message,
+    ))
 }
 
 /// Writes one audit event of the access workflow and waits until it is durable.

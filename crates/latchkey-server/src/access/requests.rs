@@ -37,8 +37,10 @@ pub struct CreateRequestBody {
     /// References to vaults (`lk://prod`) or secrets (`lk://prod/db`). Access covers the
     /// whole secret, so a field or version in a reference is ignored.
     pub resources: Vec<String>,
-    /// How long access lasts once approved, such as `1h`.
-    pub duration: String,
+    /// How long access lasts once approved, such as `1h`. Defaults to 1h, or the vault's
+    /// longest grant when that is shorter.
+    #[serde(default)]
+    pub duration: Option<String>,
     /// Why access is needed; required where a vault says so, and for break-glass.
     #[serde(default)]
     pub reason: String,
@@ -281,7 +283,11 @@ pub async fn create(
     body: CreateRequestBody,
 ) -> ApiResult<RequestView> {
     let resources = parse_resources(&body.resources)?;
-    let duration = parse_request_duration(&body.duration)?;
+    let asked = body
+        .duration
+        .as_deref()
+        .map(parse_request_duration)
+        .transpose()?;
     let reason = body.reason.trim().to_string();
     check_text("reason", &reason, MAX_REASON_BYTES)?;
     let ticket = body
@@ -298,6 +304,14 @@ pub async fn create(
     };
 
     let combined = combined_limits(state, ctx, &resources, action).await?;
+    let duration = asked.unwrap_or_else(|| {
+        let longest = if body.break_glass {
+            combined.limits.break_glass_max
+        } else {
+            combined.limits.max_grant
+        };
+        longest.min(3600)
+    });
     let targets = policy_resources(state, &resources).await?;
     let id = new_id("req");
     let Some(policies) = decide_all(state, ctx, action, &targets, duration) else {
@@ -353,7 +367,7 @@ pub async fn create(
         if duration > limits.max_grant {
             return Err(ApiError::bad_request(format!(
                 "`{}` is longer than vault `{}` allows (at most {}); ask for {} or less",
-                body.duration.trim(),
+                duration_text(duration),
                 combined.max_grant_vault,
                 duration_text(limits.max_grant),
                 duration_text(limits.max_grant)
@@ -593,15 +607,52 @@ pub async fn load_visible(
     Ok((request, reviewer))
 }
 
-/// Show one access request with its reviews.
-#[utoipa::path(get, path = "/v1/requests/{id}", tag = "access", params(("id" = String, Path)),
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// Seconds to wait for the request to change (its status or its approvals) before
+    /// answering, at most 60; 0 or absent answers at once.
+    pub wait: Option<u64>,
+}
+
+/// The longest a `wait` holds a request open.
+const MAX_WAIT_SECS: u64 = 60;
+/// Interval between two looks at the store while waiting.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Show one access request with its reviews; with `wait`, once it changes or the wait
+/// ends, so a client waiting for a decision makes one call (and one audit event) per
+/// minute instead of one per poll.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "access",
+    params(("id" = String, Path), ("wait" = Option<u64>, Query)),
     responses((status = 200, body = RequestView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<GetQuery>,
 ) -> ApiResult<Json<RequestView>> {
-    let (request, reviewer) = load_visible(&state, &ctx, &id).await?;
+    let (mut request, reviewer) = load_visible(&state, &ctx, &id).await?;
+    let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECS);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let seen = (
+        status_at(&request, state.clock.now()).to_string(),
+        request.reviews.len(),
+    );
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(WAIT_POLL).await;
+        let Some(latest) = state.store.access_request(&id).await? else {
+            break;
+        };
+        request = latest;
+        let now = (
+            status_at(&request, state.clock.now()).to_string(),
+            request.reviews.len(),
+        );
+        if now != seen {
+            break;
+        }
+    }
     Ok(Json(view(&request, state.clock.now(), reviewer)))
 }
 
@@ -636,6 +687,16 @@ pub async fn review(
     let targets = policy_resources(state, &request.resources).await?;
     ctx.slot
         .prepare(verdict, &request_uid(id), Outcome::Denied, Vec::new());
+    // Someone who may not see the request learns no more than `lk requests ID` tells them.
+    if request.requester_id != ctx.caller.principal_id
+        && !may_review(state, ctx, &request, &targets)
+        && !is_admin(state, ctx)
+    {
+        ctx.slot.detail("refused", "not_visible");
+        return Err(ApiError::not_found(format!(
+            "access request `{id}` not found: `lk requests --pending` lists the ones you can review"
+        )));
+    }
     for (key, value) in request_detail(&request) {
         ctx.slot.detail(&key, value);
     }

@@ -147,7 +147,14 @@ pub async fn patch_settings(
         require_reason: body.require_reason.unwrap_or(current.require_reason),
         break_glass_max: body.break_glass_max.unwrap_or(current.break_glass_max),
     };
-    settings.limits()?;
+    let limits = settings.limits()?;
+    // Durations are kept in one spelling (`90m` becomes `1h30m`, `3600` becomes `1h`).
+    let settings = AccessSettings {
+        max_grant: super::duration_text(limits.max_grant),
+        request_expiry: super::duration_text(limits.request_expiry),
+        break_glass_max: super::duration_text(limits.break_glass_max),
+        ..settings
+    };
     state.authorize(&ctx, Action::Admin, &vault_resource(&vault), false)?;
     ctx.slot.detail("operation", "set_access_settings");
     ctx.slot.detail("approvals", settings.approvals.to_string());
