@@ -904,9 +904,12 @@ pub struct PolicyEngine {
     entities: EntityCache,
     contexts: ContextCache,
     /// The statements of each stored policy by name, with its text, for
-    /// [`PolicyEngine::rebuild`].
-    compiled: HashMap<String, (String, Vec<Policy>)>,
+    /// [`PolicyEngine::rebuild`]. Engines rebuilt from this one share them.
+    compiled: HashMap<Arc<str>, Compiled>,
 }
+
+/// A stored policy's text and its validated statements.
+type Compiled = (Arc<str>, Arc<[Policy]>);
 
 /// The statements of one (action, resource type) pair.
 #[derive(Default)]
@@ -972,7 +975,7 @@ struct Prepared {
 }
 
 /// Pairs of principal and resource kept per generation of [`EntityCache`].
-const ENTITY_CACHE_GENERATION: usize = 1024;
+const ENTITY_CACHE_GENERATION: usize = 512;
 
 /// Prepared entities of recent (principal, resource) pairs.
 ///
@@ -1143,7 +1146,7 @@ impl PolicyEngine {
 
     fn build_engine(
         policies: Vec<(&str, &str)>,
-        previous: Option<&HashMap<String, (String, Vec<Policy>)>>,
+        previous: Option<&HashMap<Arc<str>, Compiled>>,
     ) -> Result<PolicyEngine, PolicyError> {
         let core = core()?;
         let mut engine = PolicyEngine {
@@ -1162,16 +1165,23 @@ impl PolicyEngine {
             .map_err(|message| PolicyError::Builtin { message })?;
         let mut names = HashSet::new();
         for (name, text) in policies {
-            let statements = match previous.and_then(|p| p.get(name)) {
-                Some((old_text, statements)) if old_text == text => statements.clone(),
-                _ => compile(name, text)?,
+            let compiled = match previous.and_then(|p| p.get_key_value(name)) {
+                Some((old_name, (old_text, statements))) if &**old_text == text => (
+                    Arc::clone(old_name),
+                    (Arc::clone(old_text), Arc::clone(statements)),
+                ),
+                _ => (
+                    Arc::from(name),
+                    (Arc::from(text), Arc::from(compile(name, text)?)),
+                ),
             };
+            let statements = Arc::clone(&compiled.1.1);
             if !names.insert(name) {
                 return Err(PolicyError::DuplicateName {
                     name: name.to_owned(),
                 });
             }
-            for statement in &statements {
+            for statement in statements.iter() {
                 engine
                     .insert(statement)
                     .map_err(|message| PolicyError::Invalid {
@@ -1183,9 +1193,7 @@ impl PolicyEngine {
                         }],
                     })?;
             }
-            engine
-                .compiled
-                .insert(name.to_owned(), (text.to_owned(), statements));
+            engine.compiled.insert(compiled.0, compiled.1);
         }
         Ok(engine)
     }

@@ -29,7 +29,7 @@ pub const ROW_LIFETIME: Duration = Duration::from_secs(1);
 /// one is full it replaces the previous one. That bounds memory (with 100,000 secrets read
 /// at random, most reads miss whatever the bound, and each miss costs one query) and keeps
 /// the rows read most recently.
-const GENERATION_ENTRIES: usize = 4096;
+const GENERATION_ENTRIES: usize = 2048;
 
 struct Timed<T> {
     row: Arc<T>,
