@@ -105,6 +105,90 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
+/// Decisions on a different secret each time, more of them than the engine keeps entities
+/// for, so that every decision builds its entities.
+fn cold_decisions(c: &mut Criterion) {
+    let policies = team_policies(100);
+    let engine = PolicyEngine::new(policies.iter().map(|(n, t)| (n.as_str(), t.as_str()))).unwrap();
+    let principal = Principal {
+        kind: PrincipalKind::User,
+        name: "alice".into(),
+        groups: vec!["team-7".into()],
+    };
+    let resources: Vec<Resource> = (0..10_000)
+        .map(|n| Resource::Secret {
+            vault: "payments".into(),
+            vault_tags: BTreeMap::from([("team".into(), "team-7".into())]),
+            name: format!("db-{n}"),
+            tags: BTreeMap::new(),
+        })
+        .collect();
+    let context = RequestContext {
+        token_kind: "user".into(),
+        now: 1_800_000_000,
+        grant: false,
+        mfa: false,
+        duration: 0,
+    };
+    let mut next = resources.iter().cycle();
+    c.bench_function("policy/decide_cold/100", |b| {
+        b.iter(|| {
+            let request = AccessRequest {
+                principal: &principal,
+                action: Action::Read,
+                resource: next.next().unwrap(),
+                context: &context,
+            };
+            engine.decide(black_box(&request))
+        })
+    });
+}
+
+/// One group with a statement per vault, as `bench/compare.sh` loads for its scale run: a
+/// request is evaluated against the statement of its own vault only.
+fn per_vault_decisions(c: &mut Criterion) {
+    let policies: Vec<(String, String)> = (0..1000)
+        .map(|i| {
+            let text = format!(
+                "permit(principal in Group::\"readers\", action == Action::\"read\", resource in Vault::\"v{i}\");"
+            );
+            (format!("read-v{i}"), text)
+        })
+        .collect();
+    let engine = PolicyEngine::new(policies.iter().map(|(n, t)| (n.as_str(), t.as_str()))).unwrap();
+    let principal = Principal {
+        kind: PrincipalKind::User,
+        name: "alice".into(),
+        groups: vec!["readers".into()],
+    };
+    let resource = Resource::Secret {
+        vault: "v500".into(),
+        vault_tags: BTreeMap::new(),
+        name: "db".into(),
+        tags: BTreeMap::new(),
+    };
+    let context = RequestContext {
+        token_kind: "user".into(),
+        now: 1_800_000_000,
+        grant: false,
+        mfa: false,
+        duration: 0,
+    };
+    let request = AccessRequest {
+        principal: &principal,
+        action: Action::Read,
+        resource: &resource,
+        context: &context,
+    };
+    assert_eq!(
+        engine.decide(&request).policies,
+        vec!["read-v500".to_owned()]
+    );
+    c.bench_function("policy/decide_group_per_vault/1000", |b| {
+        b.iter(|| engine.decide(black_box(&request)))
+    });
+}
+
 fn audit_chain(c: &mut Criterion) {
     let record = AuditRecord {
         time: "2026-12-04T19:46:50.123456Z".into(),
@@ -127,5 +211,14 @@ fn audit_chain(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, references, tokens, sealing, decisions, audit_chain);
+criterion_group!(
+    benches,
+    references,
+    tokens,
+    sealing,
+    decisions,
+    cold_decisions,
+    per_vault_decisions,
+    audit_chain
+);
 criterion_main!(benches);

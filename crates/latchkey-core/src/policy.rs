@@ -34,16 +34,22 @@
 //! # Cost
 //!
 //! [`PolicyEngine`] indexes statements by action, resource type and the
-//! entity their scope names, so statements scoped to a group, principal,
-//! vault or secret cost nothing for requests that do not involve that
-//! entity. Statements with an open scope (`principal, action, resource` plus
-//! `when`) are evaluated on every request of their action and resource type.
+//! entities their principal and resource scopes name, so statements scoped
+//! to a group, principal, vault or secret cost nothing for requests that do
+//! not involve those entities. Statements with an open scope (`principal,
+//! action, resource` plus `when`) are evaluated on every request of their
+//! action and resource type.
+//!
+//! The entities of recent (principal, resource) pairs and the contexts of the
+//! current second are kept by the engine and reused; they are keyed by
+//! everything they are built from, so reuse never changes a decision.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use cedar_policy::ffi::DetailedError;
 use cedar_policy::{
@@ -124,7 +130,7 @@ impl PrincipalKind {
 }
 
 /// The caller of a request, as policies see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Principal {
     /// Entity type.
     pub kind: PrincipalKind,
@@ -215,7 +221,7 @@ impl Action {
 }
 
 /// The entity a request acts on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Resource {
     /// The server as a whole: `System::"latchkey"`.
@@ -896,8 +902,10 @@ fn position_at(text: &str, offset: usize) -> Position {
 ///
 /// Statements are indexed so a request is evaluated only against those that
 /// could apply: first by the (action, resource type) pairs their scope
-/// allows, then by the entity their scope names (`principal == X`,
-/// `principal in X`, else `resource == X`, `resource in X`). The index only
+/// allows, then by the entity their principal scope names (`principal == X`,
+/// `principal in X`), then by the entity their resource scope names
+/// (`resource == X`, `resource in X`). So a group with a statement per vault
+/// costs one statement per request, not one per vault. The index only
 /// narrows the search. Cedar still evaluates each candidate's full scope and
 /// conditions, and the combined decision equals Cedar's over all statements.
 pub struct PolicyEngine {
@@ -906,14 +914,47 @@ pub struct PolicyEngine {
     buckets: Vec<Bucket>,
     statements: usize,
     authorizer: Authorizer,
+    entities: EntityCache,
+    contexts: ContextCache,
+    /// The statements of each stored policy by name, with its text, for
+    /// [`PolicyEngine::rebuild`]. Engines rebuilt from this one share them.
+    compiled: HashMap<Arc<str>, Compiled>,
 }
 
+/// A stored policy's text and its validated statements.
+type Compiled = (Arc<str>, Arc<[Policy]>);
+
+/// The statements of one (action, resource type) pair.
 #[derive(Default)]
 struct Bucket {
-    /// Statements whose scope names no entity.
-    unanchored: PolicySet,
-    /// Statements by the entity their scope names.
-    anchored: HashMap<EntityUid, PolicySet>,
+    /// Statements whose principal scope names no entity.
+    any_principal: Slices,
+    /// Statements by the entity their principal scope names.
+    by_principal: HashMap<EntityUid, Slices>,
+}
+
+/// Statements with the same principal anchor, by their resource anchor.
+#[derive(Default)]
+struct Slices {
+    /// Statements whose resource scope names no entity.
+    any_resource: PolicySet,
+    /// Statements by the entity their resource scope names.
+    by_resource: HashMap<EntityUid, PolicySet>,
+}
+
+impl Slices {
+    /// The sets whose statements may apply to a request on a resource with
+    /// these anchors.
+    fn sets<'s>(
+        &'s self,
+        resource_anchors: &'s [EntityUid],
+    ) -> impl Iterator<Item = &'s PolicySet> {
+        std::iter::once(&self.any_resource).chain(
+            resource_anchors
+                .iter()
+                .filter_map(|a| self.by_resource.get(a)),
+        )
+    }
 }
 
 /// Resource entity types, in bucket order.
@@ -926,14 +967,163 @@ fn bucket(action: usize, resource_type: usize) -> usize {
     action * RESOURCE_TYPES + resource_type
 }
 
-/// A request in Cedar's terms plus the entities statements may be anchored
-/// to.
+/// A request in Cedar's terms with the entities it is evaluated against.
 struct Built {
     request: Request,
+    prepared: Arc<Prepared>,
+}
+
+/// The parts of a request that depend only on its principal and resource:
+/// the entities, their uids, and the entities statements may be anchored to.
+struct Prepared {
+    principal: Principal,
+    resource: Resource,
     entities: Entities,
-    /// Groups, principal, the vault (for a secret) and the resource; all
-    /// distinct.
-    anchors: Vec<EntityUid>,
+    principal_uid: EntityUid,
+    resource_uid: EntityUid,
+    /// The groups and the principal; all distinct.
+    principal_anchors: Vec<EntityUid>,
+    /// The vault (for a secret) and the resource; distinct.
+    resource_anchors: Vec<EntityUid>,
+}
+
+/// Pairs of principal and resource kept per generation of [`EntityCache`].
+const ENTITY_CACHE_GENERATION: usize = 512;
+
+/// Prepared entities of recent (principal, resource) pairs.
+///
+/// Building the entities (and Cedar's transitive closure over them) is most
+/// of the cost of a decision. They are a function of the principal and the
+/// resource alone, so an entry is found by the full content of both and is
+/// never stale: a principal whose groups changed, or a secret whose tags
+/// changed, looks up another entry. The cache only bounds its memory. It
+/// keeps two generations of at most [`ENTITY_CACHE_GENERATION`] entries each:
+/// when the current one is full it becomes the previous one, and an entry
+/// found in the previous one moves back to the current one, so pairs in
+/// steady use stay.
+struct EntityCache {
+    hasher: RandomState,
+    generations: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<u64, Arc<Prepared>>,
+    previous: HashMap<u64, Arc<Prepared>>,
+}
+
+impl Generations {
+    fn insert(&mut self, key: u64, prepared: Arc<Prepared>) {
+        if self.current.len() >= ENTITY_CACHE_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, prepared);
+    }
+}
+
+impl EntityCache {
+    fn new() -> EntityCache {
+        EntityCache {
+            hasher: RandomState::new(),
+            generations: Mutex::new(Generations::default()),
+        }
+    }
+
+    /// Entries are only ever added whole, so one left by a panicking holder
+    /// is still sound.
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get_or_prepare(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+        prepare: impl FnOnce() -> Result<Prepared, String>,
+    ) -> Result<Arc<Prepared>, String> {
+        let key = self.hasher.hash_one((principal, resource));
+        let same = |p: &Prepared| p.principal == *principal && p.resource == *resource;
+        {
+            let mut generations = self.lock();
+            if let Some(found) = generations.current.get(&key).filter(|p| same(p)) {
+                return Ok(Arc::clone(found));
+            }
+            if let Some(found) = generations.previous.remove(&key).filter(|p| same(p)) {
+                generations.insert(key, Arc::clone(&found));
+                return Ok(found);
+            }
+        }
+        let prepared = Arc::new(prepare()?);
+        self.lock().insert(key, Arc::clone(&prepared));
+        Ok(prepared)
+    }
+}
+
+/// Contexts kept by [`ContextCache`]: one per token kind, grant and MFA
+/// combination in use.
+const CONTEXT_CACHE_ENTRIES: usize = 16;
+
+/// Cedar contexts of recent requests. A context holds the request time in
+/// whole seconds, so one serves every request with the same facts within
+/// that second.
+#[derive(Default)]
+struct ContextCache {
+    recent: Mutex<Vec<(RequestContext, Context)>>,
+}
+
+impl ContextCache {
+    fn get_or_build(&self, context: &RequestContext) -> Result<Context, String> {
+        let lock = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, found)) = lock().iter().find(|(facts, _)| facts == context) {
+            return Ok(found.clone());
+        }
+        let built = build_context(context)?;
+        let mut recent = lock();
+        let same_kind = |facts: &RequestContext| {
+            facts.token_kind == context.token_kind
+                && facts.grant == context.grant
+                && facts.mfa == context.mfa
+        };
+        let entry = (context.clone(), built.clone());
+        match recent.iter_mut().find(|(facts, _)| same_kind(facts)) {
+            Some(slot) => *slot = entry,
+            None => {
+                if recent.len() >= CONTEXT_CACHE_ENTRIES {
+                    recent.remove(0);
+                }
+                recent.push(entry);
+            }
+        }
+        Ok(built)
+    }
+}
+
+fn build_context(context: &RequestContext) -> Result<Context, String> {
+    Context::from_pairs([
+        (
+            "token_kind".to_owned(),
+            RestrictedExpression::new_string(context.token_kind.clone()),
+        ),
+        (
+            "now".to_owned(),
+            RestrictedExpression::new_long(context.now),
+        ),
+        (
+            "grant".to_owned(),
+            RestrictedExpression::new_bool(context.grant),
+        ),
+        (
+            "mfa".to_owned(),
+            RestrictedExpression::new_bool(context.mfa),
+        ),
+        (
+            "duration".to_owned(),
+            RestrictedExpression::new_long(context.duration),
+        ),
+    ])
+    .map_err(|e| format!("cannot build request context: {e}"))
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -955,10 +1145,26 @@ impl PolicyEngine {
         policies: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<PolicyEngine, PolicyError> {
         let policies: Vec<(&str, &str)> = policies.into_iter().collect();
-        on_large_stack(|| PolicyEngine::build_engine(policies))
+        on_large_stack(|| PolicyEngine::build_engine(policies, None))
     }
 
-    fn build_engine(policies: Vec<(&str, &str)>) -> Result<PolicyEngine, PolicyError> {
+    /// Builds an engine like [`PolicyEngine::new`], taking the statements of
+    /// each policy whose name and text are unchanged from this engine instead
+    /// of parsing and validating them again. Checking a policy depends only on
+    /// its name and text, so the result is the same, and a change to one of
+    /// many policies costs the checking of that one.
+    pub fn rebuild<'a>(
+        &self,
+        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let policies: Vec<(&str, &str)> = policies.into_iter().collect();
+        on_large_stack(|| PolicyEngine::build_engine(policies, Some(&self.compiled)))
+    }
+
+    fn build_engine(
+        policies: Vec<(&str, &str)>,
+        previous: Option<&HashMap<Arc<str>, Compiled>>,
+    ) -> Result<PolicyEngine, PolicyError> {
         let core = core()?;
         let mut engine = PolicyEngine {
             core,
@@ -967,19 +1173,32 @@ impl PolicyEngine {
                 .collect(),
             statements: 0,
             authorizer: Authorizer::new(),
+            entities: EntityCache::new(),
+            contexts: ContextCache::default(),
+            compiled: HashMap::with_capacity(policies.len()),
         };
         engine
             .insert(&core.root_policy)
             .map_err(|message| PolicyError::Builtin { message })?;
         let mut names = HashSet::new();
         for (name, text) in policies {
-            let statements = compile(name, text)?;
+            let compiled = match previous.and_then(|p| p.get_key_value(name)) {
+                Some((old_name, (old_text, statements))) if &**old_text == text => (
+                    Arc::clone(old_name),
+                    (Arc::clone(old_text), Arc::clone(statements)),
+                ),
+                _ => (
+                    Arc::from(name),
+                    (Arc::from(text), Arc::from(compile(name, text)?)),
+                ),
+            };
+            let statements = Arc::clone(&compiled.1.1);
             if !names.insert(name) {
                 return Err(PolicyError::DuplicateName {
                     name: name.to_owned(),
                 });
             }
-            for statement in &statements {
+            for statement in statements.iter() {
                 engine
                     .insert(statement)
                     .map_err(|message| PolicyError::Invalid {
@@ -991,6 +1210,7 @@ impl PolicyEngine {
                         }],
                     })?;
             }
+            engine.compiled.insert(compiled.0, compiled.1);
         }
         Ok(engine)
     }
@@ -1022,20 +1242,24 @@ impl PolicyEngine {
                 (kinds, Some(uid))
             }
         };
-        let anchor = match statement.principal_constraint() {
+        let principal_anchor = match statement.principal_constraint() {
             PrincipalConstraint::Eq(uid)
             | PrincipalConstraint::In(uid)
             | PrincipalConstraint::IsIn(_, uid) => Some(uid),
-            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => resource_anchor,
+            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
         };
         for (a, _) in actions.iter().enumerate().filter(|(_, on)| **on) {
             for (r, _) in resources.iter().enumerate().filter(|(_, on)| **on) {
                 let Some(bucket) = self.buckets.get_mut(bucket(a, r)) else {
                     continue;
                 };
-                let set = match &anchor {
-                    Some(uid) => bucket.anchored.entry(uid.clone()).or_default(),
-                    None => &mut bucket.unanchored,
+                let slices = match &principal_anchor {
+                    Some(uid) => bucket.by_principal.entry(uid.clone()).or_default(),
+                    None => &mut bucket.any_principal,
+                };
+                let set = match &resource_anchor {
+                    Some(uid) => slices.by_resource.entry(uid.clone()).or_default(),
+                    None => &mut slices.any_resource,
                 };
                 set.add(statement.clone()).map_err(|e| e.to_string())?;
             }
@@ -1079,8 +1303,16 @@ impl PolicyEngine {
 
         // Each statement sits in one set per bucket and anchors are
         // distinct, so no statement is evaluated twice.
-        let sets = std::iter::once(&bucket.unanchored)
-            .chain(built.anchors.iter().filter_map(|a| bucket.anchored.get(a)))
+        let prepared = &built.prepared;
+        let resource_anchors = prepared.resource_anchors.as_slice();
+        let sets = std::iter::once(&bucket.any_principal)
+            .chain(
+                prepared
+                    .principal_anchors
+                    .iter()
+                    .filter_map(|a| bucket.by_principal.get(a)),
+            )
+            .flat_map(|slices| slices.sets(resource_anchors))
             .filter(|set| !set.is_empty());
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
@@ -1088,7 +1320,7 @@ impl PolicyEngine {
         for set in sets {
             let response = self
                 .authorizer
-                .is_authorized(&built.request, set, &built.entities);
+                .is_authorized(&built.request, set, &prepared.entities);
             let diagnostics = response.diagnostics();
             let reasons = diagnostics.reason().map(ToString::to_string);
             match response.decision() {
@@ -1111,10 +1343,36 @@ impl PolicyEngine {
     }
 
     fn build(&self, request: &AccessRequest<'_>) -> Result<Built, String> {
+        let prepared = self
+            .entities
+            .get_or_prepare(request.principal, request.resource, || {
+                self.prepare(request.principal, request.resource)
+            })?;
+        let context = self.contexts.get_or_build(request.context)?;
+        let action = self
+            .core
+            .actions
+            .get(request.action.index())
+            .ok_or("internal error: unknown action index")?;
+        let cedar_request = Request::new(
+            prepared.principal_uid.clone(),
+            action.clone(),
+            prepared.resource_uid.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| format!("cannot build request: {e}"))?;
+        Ok(Built {
+            request: cedar_request,
+            prepared,
+        })
+    }
+
+    fn prepare(&self, principal: &Principal, resource: &Resource) -> Result<Prepared, String> {
         let core = self.core;
-        let principal = request.principal;
         let mut entities = Vec::with_capacity(principal.groups.len() + 3);
-        let mut anchors = Vec::with_capacity(principal.groups.len() + 3);
+        let mut principal_anchors = Vec::with_capacity(principal.groups.len() + 1);
+        let mut resource_anchors = Vec::with_capacity(2);
 
         let mut groups: Vec<&str> = principal.groups.iter().map(String::as_str).collect();
         groups.sort_unstable();
@@ -1124,14 +1382,14 @@ impl PolicyEngine {
             let uid =
                 EntityUid::from_type_name_and_id(core.group_type.clone(), EntityId::new(group));
             entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
-            anchors.push(uid.clone());
+            principal_anchors.push(uid.clone());
             parents.push(uid);
         }
         let principal_uid = EntityUid::from_type_name_and_id(
             core.principal_types[principal.kind.index()].clone(),
             EntityId::new(&principal.name),
         );
-        anchors.push(principal_uid.clone());
+        principal_anchors.push(principal_uid.clone());
         entities.push(
             Entity::new_with_tags(
                 principal_uid.clone(),
@@ -1142,7 +1400,7 @@ impl PolicyEngine {
             .map_err(|e| format!("cannot build principal entity: {e}"))?,
         );
 
-        let resource_uid = match request.resource {
+        let resource_uid = match resource {
             Resource::System => {
                 entities.push(Entity::new_no_attrs(
                     core.system_uid.clone(),
@@ -1158,7 +1416,7 @@ impl PolicyEngine {
                 tags,
             } => {
                 let vault_uid = self.vault_entity(vault, vault_tags, &mut entities)?;
-                anchors.push(vault_uid.clone());
+                resource_anchors.push(vault_uid.clone());
                 let uid = EntityUid::from_type_name_and_id(
                     core.secret_type.clone(),
                     EntityId::new(secret_id(vault, name)),
@@ -1181,46 +1439,17 @@ impl PolicyEngine {
                 uid
             }
         };
-
-        let context = request.context;
-        let context = Context::from_pairs([
-            (
-                "token_kind".to_owned(),
-                RestrictedExpression::new_string(context.token_kind.clone()),
-            ),
-            (
-                "now".to_owned(),
-                RestrictedExpression::new_long(context.now),
-            ),
-            (
-                "grant".to_owned(),
-                RestrictedExpression::new_bool(context.grant),
-            ),
-            (
-                "mfa".to_owned(),
-                RestrictedExpression::new_bool(context.mfa),
-            ),
-            (
-                "duration".to_owned(),
-                RestrictedExpression::new_long(context.duration),
-            ),
-        ])
-        .map_err(|e| format!("cannot build request context: {e}"))?;
-
-        anchors.push(resource_uid.clone());
-        let action = core
-            .actions
-            .get(request.action.index())
-            .ok_or("internal error: unknown action index")?;
-        let cedar_request =
-            Request::new(principal_uid, action.clone(), resource_uid, context, None)
-                .map_err(|e| format!("cannot build request: {e}"))?;
+        resource_anchors.push(resource_uid.clone());
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| format!("cannot build request entities: {e}"))?;
-        Ok(Built {
-            request: cedar_request,
+        Ok(Prepared {
+            principal: principal.clone(),
+            resource: resource.clone(),
             entities,
-            anchors,
+            principal_uid,
+            resource_uid,
+            principal_anchors,
+            resource_anchors,
         })
     }
 
@@ -1967,6 +2196,46 @@ permit(principal == User::"c", action == Action::"list", resource);
     }
 
     #[test]
+    fn rebuild_reuses_unchanged_policies_and_checks_the_rest() {
+        let read = r#"permit(principal in Group::"devs", action == Action::"read", resource);"#;
+        let list = r#"permit(principal in Group::"devs", action == Action::"list", resource);"#;
+        let engine = PolicyEngine::new([("a", read), ("b", read)]).unwrap();
+        let devs = Principal {
+            groups: vec!["devs".into()],
+            ..alice()
+        };
+        let c = ctx("user", false);
+        let s = secret("v", "db", "dev");
+
+        let changed = engine.rebuild([("a", read), ("b", list)]).unwrap();
+        assert_eq!(changed.policy_count(), 3);
+        assert_eq!(
+            decide(&changed, &devs, Action::Read, &s, &c).policies,
+            vec!["a".to_owned()]
+        );
+        assert_eq!(
+            decide(&changed, &devs, Action::List, &s, &c).policies,
+            vec!["b".to_owned()]
+        );
+        // The same text under another name gets that name's ids.
+        let renamed = changed.rebuild([("c", read)]).unwrap();
+        assert_eq!(
+            decide(&renamed, &devs, Action::Read, &s, &c).policies,
+            vec!["c".to_owned()]
+        );
+        // New text is checked; duplicates are refused as by `new`.
+        let bad = "permit(principal, action, resource) when { resource.nmae };";
+        assert!(matches!(
+            renamed.rebuild([("c", read), ("d", bad)]),
+            Err(PolicyError::Invalid { ref name, .. }) if name == "d"
+        ));
+        assert_eq!(
+            renamed.rebuild([("c", read), ("c", read)]).unwrap_err(),
+            PolicyError::DuplicateName { name: "c".into() }
+        );
+    }
+
+    #[test]
     fn duplicate_names_are_rejected() {
         let p = "permit(principal, action, resource);";
         assert_eq!(
@@ -2033,6 +2302,72 @@ permit(principal == User::"c", action == Action::"list", resource);
     }
 
     #[test]
+    fn reused_entities_follow_groups_and_tags() {
+        let engine = PolicyEngine::new([(
+            "dev-read",
+            r#"permit(principal in Group::"devs", action == Action::"read", resource)
+               when { resource.vault.hasTag("env") && resource.vault.getTag("env") == "dev" };"#,
+        )])
+        .unwrap();
+        let c = ctx("user", false);
+        let mut alice = alice();
+        alice.groups = vec!["devs".into()];
+        let dev = secret("v", "db", "dev");
+        let prod = secret("v", "db", "prod");
+        for _ in 0..3 {
+            assert!(decide(&engine, &alice, Action::Read, &dev, &c).allowed);
+            assert!(!decide(&engine, &alice, Action::Read, &prod, &c).allowed);
+        }
+        // Same name, group removed: the entry of the old principal must not answer.
+        let outsider = Principal {
+            groups: vec![],
+            ..alice.clone()
+        };
+        assert!(!decide(&engine, &outsider, Action::Read, &dev, &c).allowed);
+        assert!(decide(&engine, &alice, Action::Read, &dev, &c).allowed);
+        // A later second gets its own context, and the decision still holds.
+        let later = RequestContext {
+            now: c.now + 1,
+            ..c.clone()
+        };
+        assert!(decide(&engine, &alice, Action::Read, &dev, &later).allowed);
+    }
+
+    #[test]
+    fn entity_cache_keeps_pairs_in_use_and_bounds_the_rest() {
+        let engine = PolicyEngine::new([]).unwrap();
+        let prepared = std::cell::Cell::new(0);
+        let get = |name: &str| {
+            let resource = secret("v", name, "dev");
+            engine
+                .entities
+                .get_or_prepare(&alice(), &resource, || {
+                    prepared.set(prepared.get() + 1);
+                    engine.prepare(&alice(), &resource)
+                })
+                .unwrap()
+        };
+        let hot = get("hot");
+        for n in 0..3 * ENTITY_CACHE_GENERATION {
+            get(&format!("s{n}"));
+            if n % 100 == 0 {
+                assert!(
+                    Arc::ptr_eq(&hot, &get("hot")),
+                    "the pair in use was dropped"
+                );
+            }
+        }
+        assert_eq!(prepared.get(), 1 + 3 * ENTITY_CACHE_GENERATION);
+        let generations = engine.entities.lock();
+        assert!(generations.current.len() <= ENTITY_CACHE_GENERATION);
+        assert!(generations.previous.len() <= ENTITY_CACHE_GENERATION);
+        drop(generations);
+        // An entry from an old generation is built again.
+        get("s0");
+        assert_eq!(prepared.get(), 2 + 3 * ENTITY_CACHE_GENERATION);
+    }
+
+    #[test]
     fn engine_is_shareable() {
         fn check<T: Send + Sync>() {}
         check::<PolicyEngine>();
@@ -2055,6 +2390,10 @@ permit(principal == User::"c", action == Action::"list", resource);
         (
             "read-vault",
             r#"permit(principal in Group::"g0", action == Action::"read", resource in Vault::"v0");"#,
+        ),
+        (
+            "read-other-vault",
+            r#"permit(principal in Group::"g0", action == Action::"read", resource in Vault::"v1") when { context.mfa };"#,
         ),
         (
             "multi-action",
@@ -2133,10 +2472,22 @@ permit(principal == User::"c", action == Action::"list", resource);
         all
     });
 
+    /// Decides over all of [`SCOPES`] at once, with entities and context
+    /// built afresh rather than taken from the engine's caches.
     fn reference_decide(request: &AccessRequest<'_>) -> Decision {
-        let built = SCOPES_ENGINE.build(request).unwrap();
+        let engine = &*SCOPES_ENGINE;
+        let prepared = engine.prepare(request.principal, request.resource).unwrap();
+        let action = engine.core.actions[request.action.index()].clone();
+        let cedar_request = Request::new(
+            prepared.principal_uid.clone(),
+            action,
+            prepared.resource_uid.clone(),
+            build_context(request.context).unwrap(),
+            None,
+        )
+        .unwrap();
         let response =
-            Authorizer::new().is_authorized(&built.request, &SCOPES_SET, &built.entities);
+            Authorizer::new().is_authorized(&cedar_request, &SCOPES_SET, &prepared.entities);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()

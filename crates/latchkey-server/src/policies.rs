@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use latchkey_core::policy::{Action, PolicyEngine, Resource, validate_name, validate_policy};
+use latchkey_core::policy::{Action, Resource, validate_name, validate_policy};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -81,12 +81,14 @@ pub async fn put_policy(
     // The new set must build as a whole before anything is stored.
     let mut all = state.store.list_policies().await?;
     all.retain(|p| p.name != name);
-    PolicyEngine::new(
-        all.iter()
-            .map(|p| (p.name.as_str(), p.text.as_str()))
-            .chain(std::iter::once((name.as_str(), body.policy.as_str()))),
-    )
-    .map_err(invalid_policy)?;
+    state
+        .engine()
+        .rebuild(
+            all.iter()
+                .map(|p| (p.name.as_str(), p.text.as_str()))
+                .chain(std::iter::once((name.as_str(), body.policy.as_str()))),
+        )
+        .map_err(invalid_policy)?;
 
     state.commit_audit(&ctx).await?;
     let now = chrono::Utc::now().timestamp();

@@ -2,7 +2,9 @@
 //! name, and sealed secret versions. With them a read of a recently read secret makes no
 //! database query before its audit append. Every query through the SQLite pool hands the
 //! statement to a connection thread and back, and on the read path those hand-offs cost
-//! more CPU than the Cedar decision and the decryption together.
+//! more CPU than the Cedar decision and the decryption together. A read that misses the
+//! cache makes one query, [`SecretCache::load`], for the vault, the secret and its current
+//! version together.
 //!
 //! Vault and secret rows are trusted for at most [`ROW_LIFETIME`], like cached token
 //! lookups. This server drops a secret's entries whenever it writes or deletes that
@@ -14,16 +16,20 @@
 //! Versions hold ciphertext only: the values stay sealed under the vault key.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use latchkey_store::{SecretRow, SecretVersionRow, VaultRow};
+use latchkey_store::{SecretRow, SecretVersionRow, Store, StoreResult, VaultRow};
 
 /// How long a cached vault or secret row is trusted.
 pub const ROW_LIFETIME: Duration = Duration::from_secs(1);
 
-/// Entries per map beyond which the map is emptied rather than grown, to bound memory.
-const MAX_ENTRIES: usize = 20_000;
+/// Entries kept per generation of each map. A map keeps two generations: when the current
+/// one is full it replaces the previous one. That bounds memory (with 100,000 secrets read
+/// at random, most reads miss whatever the bound, and each miss costs one query) and keeps
+/// the rows read most recently.
+const GENERATION_ENTRIES: usize = 2048;
 
 struct Timed<T> {
     row: Arc<T>,
@@ -36,13 +42,52 @@ impl<T> Timed<T> {
     }
 }
 
+/// Entries by a hash of their key, in two generations. Each entry holds its key, so a
+/// lookup compares it and a hash collision is a miss; a lookup allocates nothing.
+struct Recent<V> {
+    current: HashMap<u64, V>,
+    previous: HashMap<u64, V>,
+}
+
+impl<V> Default for Recent<V> {
+    fn default() -> Recent<V> {
+        Recent {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+}
+
+impl<V> Recent<V> {
+    fn get(&self, hash: u64, is_key: impl Fn(&V) -> bool) -> Option<&V> {
+        self.current
+            .get(&hash)
+            .filter(|v| is_key(v))
+            .or_else(|| self.previous.get(&hash).filter(|v| is_key(v)))
+    }
+
+    fn insert(&mut self, hash: u64, value: V) {
+        if self.current.len() >= GENERATION_ENTRIES && !self.current.contains_key(&hash) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.previous.remove(&hash);
+        self.current.insert(hash, value);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+        self.current.retain(|_, v| keep(v));
+        self.previous.retain(|_, v| keep(v));
+    }
+}
+
 #[derive(Default)]
 struct Entries {
-    vaults: HashMap<String, Timed<VaultRow>>,
-    /// Keyed by vault id and secret name.
-    secrets: HashMap<(String, String), Timed<SecretRow>>,
-    /// Keyed by secret id and version number.
-    versions: HashMap<(String, u32), Arc<SecretVersionRow>>,
+    /// By vault name.
+    vaults: Recent<Timed<VaultRow>>,
+    /// By vault id and secret name.
+    secrets: Recent<Timed<SecretRow>>,
+    /// By secret id and version number.
+    versions: Recent<Arc<SecretVersionRow>>,
     /// Incremented by every invalidation, so that a row read from the store before a
     /// write is not cached after it.
     generation: u64,
@@ -52,73 +97,108 @@ struct Entries {
 #[derive(Default)]
 pub struct SecretCache {
     entries: RwLock<Entries>,
-}
-
-fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
-    if map.len() >= MAX_ENTRIES {
-        map.clear();
-    }
-    map.insert(key, value);
+    hasher: RandomState,
 }
 
 impl SecretCache {
+    fn vault_key(&self, name: &str) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn secret_key(&self, vault_id: &str, name: &str) -> u64 {
+        self.hasher.hash_one((vault_id, name))
+    }
+
+    fn version_key(&self, secret_id: &str, version: u32) -> u64 {
+        self.hasher.hash_one((secret_id, version))
+    }
+
     /// Returns the generation to pass to the `insert_*` methods after a store read.
     pub fn generation(&self) -> u64 {
         self.entries.read().map(|e| e.generation).unwrap_or(0)
     }
 
     pub fn vault(&self, name: &str) -> Option<Arc<VaultRow>> {
-        self.entries.read().ok()?.vaults.get(name)?.fresh()
+        let key = self.vault_key(name);
+        let entries = self.entries.read().ok()?;
+        entries.vaults.get(key, |t| t.row.name == name)?.fresh()
     }
 
     pub fn secret(&self, vault_id: &str, name: &str) -> Option<Arc<SecretRow>> {
+        let key = self.secret_key(vault_id, name);
         let entries = self.entries.read().ok()?;
         entries
             .secrets
-            .get(&(vault_id.to_string(), name.to_string()))?
+            .get(key, |t| t.row.vault_id == vault_id && t.row.name == name)?
             .fresh()
     }
 
     pub fn version(&self, secret_id: &str, version: u32) -> Option<Arc<SecretVersionRow>> {
+        let key = self.version_key(secret_id, version);
         let entries = self.entries.read().ok()?;
         entries
             .versions
-            .get(&(secret_id.to_string(), version))
+            .get(key, |row| {
+                row.secret_id == secret_id && row.version == version
+            })
             .cloned()
-    }
-
-    /// Caches a vault read from the store, unless an invalidation happened since
-    /// `generation`.
-    pub fn insert_vault(&self, row: Arc<VaultRow>, generation: u64) {
-        self.with_generation(generation, |entries| {
-            let timed = Timed {
-                row: Arc::clone(&row),
-                loaded_at: Instant::now(),
-            };
-            insert_bounded(&mut entries.vaults, row.name.clone(), timed);
-        });
-    }
-
-    /// Caches a secret read from the store, unless an invalidation happened since
-    /// `generation`.
-    pub fn insert_secret(&self, row: Arc<SecretRow>, generation: u64) {
-        self.with_generation(generation, |entries| {
-            let key = (row.vault_id.clone(), row.name.clone());
-            let timed = Timed {
-                row: Arc::clone(&row),
-                loaded_at: Instant::now(),
-            };
-            insert_bounded(&mut entries.secrets, key, timed);
-        });
     }
 
     /// Caches a secret version read from the store, unless an invalidation happened since
     /// `generation`.
     pub fn insert_version(&self, row: Arc<SecretVersionRow>, generation: u64) {
-        self.with_generation(generation, |entries| {
-            let key = (row.secret_id.clone(), row.version);
-            insert_bounded(&mut entries.versions, key, row);
-        });
+        self.insert_rows(generation, None, None, Some(&row));
+    }
+
+    /// Caches rows read from the store, unless an invalidation happened since `generation`.
+    fn insert_rows(
+        &self,
+        generation: u64,
+        vault: Option<&Arc<VaultRow>>,
+        secret: Option<&Arc<SecretRow>>,
+        version: Option<&Arc<SecretVersionRow>>,
+    ) {
+        let vault = vault.map(|row| (self.vault_key(&row.name), row));
+        let secret = secret.map(|row| (self.secret_key(&row.vault_id, &row.name), row));
+        let version = version.map(|row| (self.version_key(&row.secret_id, row.version), row));
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        if entries.generation != generation {
+            return;
+        }
+        let loaded_at = Instant::now();
+        if let Some((key, row)) = vault {
+            let row = Arc::clone(row);
+            entries.vaults.insert(key, Timed { row, loaded_at });
+        }
+        if let Some((key, row)) = secret {
+            let row = Arc::clone(row);
+            entries.secrets.insert(key, Timed { row, loaded_at });
+        }
+        if let Some((key, row)) = version {
+            entries.versions.insert(key, Arc::clone(row));
+        }
+    }
+
+    /// Reads the vault `vault_name`, its secret `secret_name` and that secret's current
+    /// version from the store in one query, and caches them. Returns None when the vault does
+    /// not exist, and no secret when the vault has none of that name.
+    pub async fn load(
+        &self,
+        store: &dyn Store,
+        vault_name: &str,
+        secret_name: &str,
+    ) -> StoreResult<Option<(Arc<VaultRow>, Option<Arc<SecretRow>>)>> {
+        let generation = self.generation();
+        let Some(found) = store.secret_for_read(vault_name, secret_name).await? else {
+            return Ok(None);
+        };
+        let vault = Arc::new(found.vault);
+        let secret = found.secret.map(Arc::new);
+        let current = found.current.map(Arc::new);
+        self.insert_rows(generation, Some(&vault), secret.as_ref(), current.as_ref());
+        Ok(Some((vault, secret)))
     }
 
     /// Drops the cached row of secret `name` in vault `vault_id` and its versions. Call it
@@ -127,17 +207,9 @@ impl SecretCache {
         if let Ok(mut entries) = self.entries.write() {
             entries
                 .secrets
-                .remove(&(vault_id.to_string(), name.to_string()));
-            entries.versions.retain(|(id, _), _| id != secret_id);
+                .retain(|t| !(t.row.vault_id == vault_id && t.row.name == name));
+            entries.versions.retain(|row| row.secret_id != secret_id);
             entries.generation += 1;
-        }
-    }
-
-    fn with_generation(&self, generation: u64, insert: impl FnOnce(&mut Entries)) {
-        if let Ok(mut entries) = self.entries.write()
-            && entries.generation == generation
-        {
-            insert(&mut entries);
         }
     }
 }
@@ -175,7 +247,7 @@ mod tests {
     fn cache_returns_inserted_rows() {
         let cache = SecretCache::default();
         let generation = cache.generation();
-        cache.insert_secret(secret(1), generation);
+        cache.insert_rows(generation, None, Some(&secret(1)), None);
         cache.insert_version(version(1), generation);
 
         assert_eq!(cache.secret("vlt_1", "db").unwrap().current_version, 1);
@@ -188,8 +260,7 @@ mod tests {
     fn invalidation_drops_secret_and_versions() {
         let cache = SecretCache::default();
         let generation = cache.generation();
-        cache.insert_secret(secret(1), generation);
-        cache.insert_version(version(1), generation);
+        cache.insert_rows(generation, None, Some(&secret(1)), Some(&version(1)));
 
         cache.invalidate_secret("vlt_1", "db", "sec_1");
 
@@ -204,27 +275,84 @@ mod tests {
         let stale_generation = cache.generation();
         cache.invalidate_secret("vlt_1", "db", "sec_1");
 
-        cache.insert_secret(secret(1), stale_generation);
+        cache.insert_rows(stale_generation, None, Some(&secret(1)), None);
         assert!(cache.secret("vlt_1", "db").is_none());
 
-        cache.insert_secret(secret(2), cache.generation());
+        cache.insert_rows(cache.generation(), None, Some(&secret(2)), None);
         assert_eq!(cache.secret("vlt_1", "db").unwrap().current_version, 2);
     }
 
+    #[tokio::test]
+    async fn load_reads_and_caches_vault_secret_and_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = latchkey_store::SqliteStore::open(&dir.path().join("cache.db"))
+            .await
+            .unwrap();
+        let vault = VaultRow {
+            id: "vlt_1".into(),
+            name: "prod".into(),
+            tags: Default::default(),
+            wrapped_key: vec![9],
+            created_at: 0,
+        };
+        store.create_vault(&vault).await.unwrap();
+        store
+            .put_secret_version(None, &secret(1), &version(1))
+            .await
+            .unwrap();
+        let cache = SecretCache::default();
+
+        assert!(cache.load(&store, "staging", "db").await.unwrap().is_none());
+        let (found, missing) = cache.load(&store, "prod", "other").await.unwrap().unwrap();
+        assert_eq!(*found, vault);
+        assert!(missing.is_none());
+        assert!(
+            cache.secret("vlt_1", "other").is_none(),
+            "no secret, no entry"
+        );
+
+        let (_, found) = cache.load(&store, "prod", "db").await.unwrap().unwrap();
+        assert_eq!(found.unwrap().current_version, 1);
+        assert_eq!(cache.vault("prod").unwrap().id, "vlt_1");
+        assert_eq!(cache.secret("vlt_1", "db").unwrap().current_version, 1);
+        assert_eq!(cache.version("sec_1", 1).unwrap().ciphertext, vec![1, 2, 3]);
+
+        // A write between the query and the insert keeps the old rows out.
+        cache.invalidate_secret("vlt_1", "db", "sec_1");
+        let generation = cache.generation();
+        cache.invalidate_secret("vlt_1", "db", "sec_1");
+        cache.insert_rows(generation, None, Some(&secret(1)), Some(&version(1)));
+        assert!(cache.secret("vlt_1", "db").is_none());
+        assert!(cache.version("sec_1", 1).is_none());
+    }
+
     #[test]
-    fn full_map_is_emptied_not_grown() {
+    fn maps_keep_two_generations() {
         let cache = SecretCache::default();
         let generation = cache.generation();
-        for n in 0..MAX_ENTRIES as u32 + 1 {
-            cache.insert_version(
-                Arc::new(SecretVersionRow {
-                    version: n,
-                    ..(*version(0)).clone()
-                }),
-                generation,
-            );
+        let numbered = |n: u32| {
+            Arc::new(SecretVersionRow {
+                version: n,
+                ..(*version(0)).clone()
+            })
+        };
+        for n in 0..2 * GENERATION_ENTRIES as u32 + 1 {
+            cache.insert_version(numbered(n), generation);
         }
         let entries = cache.entries.read().unwrap();
-        assert_eq!(entries.versions.len(), 1);
+        assert_eq!(entries.versions.current.len(), 1);
+        assert_eq!(entries.versions.previous.len(), GENERATION_ENTRIES);
+        drop(entries);
+        // The newest entries are found; the oldest generation is gone.
+        let last = 2 * GENERATION_ENTRIES as u32;
+        assert!(cache.version("sec_1", last).is_some());
+        assert!(cache.version("sec_1", last - 1).is_some());
+        assert!(cache.version("sec_1", GENERATION_ENTRIES as u32).is_some());
+        assert!(
+            cache
+                .version("sec_1", GENERATION_ENTRIES as u32 - 1)
+                .is_none()
+        );
+        assert!(cache.version("sec_1", 0).is_none());
     }
 }

@@ -21,7 +21,7 @@ use crate::extract::{
 };
 use crate::sealing::{Field, open_fields, seal_fields};
 use crate::state::{RequestCtx, SharedState};
-use crate::vaults::load_vault;
+use crate::vaults::{load_vault, vault_not_found};
 
 /// Text that contains a secret value: zeroized on drop, never printed by `Debug`.
 pub struct SecretText(pub Zeroizing<String>);
@@ -171,7 +171,8 @@ fn reference_text(vault: &str, secret: &str) -> String {
 }
 
 /// Loads a vault for `action` on its secret `secret_name`, from the cache when it contains a
-/// fresh copy.
+/// fresh copy. Otherwise one query reads and caches the vault, the secret and its current
+/// version, so that `cached_secret` and `open_version` find them.
 async fn cached_vault(
     state: &SharedState,
     ctx: &RequestCtx,
@@ -179,19 +180,29 @@ async fn cached_vault(
     secret_name: &str,
     action: Action,
 ) -> ApiResult<VaultRow> {
+    validate_name("vault", vault_name)?;
     if let Some(row) = state.secret_cache.vault(vault_name) {
         return Ok((*row).clone());
     }
-    let generation = state.secret_cache.generation();
-    let row = load_vault(state, ctx, vault_name, Some(secret_name), action).await?;
-    state
+    match state
         .secret_cache
-        .insert_vault(Arc::new(row.clone()), generation);
-    Ok(row)
+        .load(state.store.as_ref(), vault_name, secret_name)
+        .await?
+    {
+        Some((row, _)) => Ok((*row).clone()),
+        None => Err(vault_not_found(
+            state,
+            ctx,
+            vault_name,
+            Some(secret_name),
+            action,
+        )),
+    }
 }
 
-/// Loads a secret by vault and name, from the cache when it contains a fresh copy. A missing
-/// secret is not cached, so one created meanwhile is found on the next read.
+/// Loads a secret by vault and name, from the cache when it contains a fresh copy, else with
+/// its current version in one query. A missing secret is not cached, so one created
+/// meanwhile is found on the next read.
 async fn cached_secret(
     state: &SharedState,
     vault: &VaultRow,
@@ -200,14 +211,15 @@ async fn cached_secret(
     if let Some(row) = state.secret_cache.secret(&vault.id, secret_name) {
         return Ok(Some((*row).clone()));
     }
-    let generation = state.secret_cache.generation();
-    let row = state.store.secret_by_name(&vault.id, secret_name).await?;
-    if let Some(row) = &row {
-        state
-            .secret_cache
-            .insert_secret(Arc::new(row.clone()), generation);
+    match state
+        .secret_cache
+        .load(state.store.as_ref(), &vault.name, secret_name)
+        .await?
+    {
+        Some((loaded, secret)) if loaded.id == vault.id => Ok(secret.map(|s| (*s).clone())),
+        // The vault was replaced since it was cached: keep to the one this request holds.
+        _ => Ok(state.store.secret_by_name(&vault.id, secret_name).await?),
     }
-    Ok(row)
 }
 
 /// Loads a vault and one of its secrets, deciding `action` on the secret. A missing secret

@@ -137,11 +137,15 @@ impl AppState {
             .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
-    /// Rebuilds the policy engine from the store after a policy changed.
+    /// Rebuilds the policy engine from the store after a policy changed. Only the policies
+    /// that changed are checked again.
     pub async fn reload_policies(&self) -> ApiResult<()> {
-        let (engine, fingerprint) = load_policy_engine(self.store.as_ref())
-            .await
+        let rows = self.store.list_policies().await?;
+        let engine = self
+            .engine()
+            .rebuild(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))
             .map_err(ApiError::internal)?;
+        let fingerprint = policy_fingerprint(&rows);
         if let Ok(mut guard) = self.policies.write() {
             *guard = Arc::new(engine);
         }
@@ -164,7 +168,9 @@ impl AppState {
         if fingerprint == current {
             return Ok(false);
         }
-        let engine = PolicyEngine::new(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
+        let engine = self
+            .engine()
+            .rebuild(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
         if let Ok(mut guard) = self.policies.write() {
             *guard = Arc::new(engine);
         }

@@ -66,25 +66,38 @@ pub async fn load_vault(
     validate_name("vault", name)?;
     match state.store.vault_by_name(name).await? {
         Some(row) => Ok(row),
-        None => {
-            let resource = match secret {
-                Some(secret) => Resource::Secret {
-                    vault: name.to_string(),
-                    vault_tags: BTreeMap::new(),
-                    name: secret.to_string(),
-                    tags: BTreeMap::new(),
-                },
-                None => Resource::Vault {
-                    name: name.to_string(),
-                    tags: BTreeMap::new(),
-                },
-            };
-            state.authorize(ctx, action, &resource, false)?;
-            Err(ApiError::not_found(format!(
-                "vault `{name}` not found: `lk vault list` shows the vaults you can see"
-            )))
-        }
+        None => Err(vault_not_found(state, ctx, name, secret, action)),
     }
+}
+
+/// The error for a vault that does not exist: a 404 for callers allowed `action` on a vault
+/// of that name (or on its secret `secret`, when one is named) without tags, else the 403
+/// they would get if it existed.
+pub fn vault_not_found(
+    state: &SharedState,
+    ctx: &RequestCtx,
+    name: &str,
+    secret: Option<&str>,
+    action: Action,
+) -> ApiError {
+    let resource = match secret {
+        Some(secret) => Resource::Secret {
+            vault: name.to_string(),
+            vault_tags: BTreeMap::new(),
+            name: secret.to_string(),
+            tags: BTreeMap::new(),
+        },
+        None => Resource::Vault {
+            name: name.to_string(),
+            tags: BTreeMap::new(),
+        },
+    };
+    if let Err(denied) = state.authorize(ctx, action, &resource, false) {
+        return denied;
+    }
+    ApiError::not_found(format!(
+        "vault `{name}` not found: `lk vault list` shows the vaults you can see"
+    ))
 }
 
 /// Create a vault (action `admin` on `System`).

@@ -91,6 +91,14 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
     async fn list_vaults(&self) -> StoreResult<Vec<VaultRow>>;
 
     async fn secret_by_name(&self, vault_id: &str, name: &str) -> StoreResult<Option<SecretRow>>;
+    /// Reads the vault `vault_name`, its secret `secret_name` and that secret's current
+    /// version in one query, which is what a read of an uncached secret needs. Returns None
+    /// when the vault does not exist.
+    async fn secret_for_read(
+        &self,
+        vault_name: &str,
+        secret_name: &str,
+    ) -> StoreResult<Option<SecretForRead>>;
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>>;
     /// Writes a new version. `expected` is the secret as the caller read it, or None when it
     /// did not exist. When the stored secret differs, nothing is written and

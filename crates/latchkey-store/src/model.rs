@@ -34,6 +34,17 @@ pub struct SecretVersionRow {
     pub created_by: String,
 }
 
+/// A vault with one of its secrets and that secret's current version, read in one query
+/// by [`Store::secret_for_read`](crate::Store::secret_for_read).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretForRead {
+    pub vault: VaultRow,
+    /// None when the vault has no secret of that name.
+    pub secret: Option<SecretRow>,
+    /// The secret's current version; None when there is no secret.
+    pub current: Option<SecretVersionRow>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretVersionMeta {
     pub version: u32,

@@ -19,7 +19,7 @@ use crate::sqlite::{json_tags, outcome_from_str, outcome_str, parse_json, versio
 use crate::{
     AccessRequestFilter, AccessRequestRow, AccessReviewRow, AuditFilter, ConnectorRow, ExpiryClaim,
     GrantFilter, GrantRow, LoginAttemptRow, Offboarding, PolicyRow, PrincipalRow, ReviewOutcome,
-    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretRow, SecretVersionMeta,
+    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretForRead, SecretRow, SecretVersionMeta,
     SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
@@ -184,6 +184,48 @@ fn secret_from_row(row: &PgRow) -> StoreResult<SecretRow> {
         current_version: version_u32(row.try_get("current_version")?, "secret version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn secret_for_read_from_row(row: &PgRow) -> StoreResult<SecretForRead> {
+    let vault = VaultRow {
+        id: row.try_get("v_id")?,
+        name: row.try_get("v_name")?,
+        tags: parse_json(row.try_get("v_tags")?, "vault tags")?,
+        wrapped_key: row.try_get("v_wrapped_key")?,
+        created_at: row.try_get("v_created_at")?,
+    };
+    let Some(secret_id) = row.try_get::<Option<String>, _>("s_id")? else {
+        return Ok(SecretForRead {
+            vault,
+            secret: None,
+            current: None,
+        });
+    };
+    let secret = SecretRow {
+        vault_id: vault.id.clone(),
+        name: row.try_get("s_name")?,
+        tags: parse_json(row.try_get("s_tags")?, "secret tags")?,
+        current_version: version_u32(row.try_get("s_current_version")?, "secret version")?,
+        created_at: row.try_get("s_created_at")?,
+        updated_at: row.try_get("s_updated_at")?,
+        id: secret_id,
+    };
+    let current = match row.try_get::<Option<Vec<u8>>, _>("sv_ciphertext")? {
+        None => None,
+        Some(ciphertext) => Some(SecretVersionRow {
+            secret_id: secret.id.clone(),
+            version: secret.current_version,
+            field_names: parse_json(row.try_get("sv_field_names")?, "field names")?,
+            ciphertext,
+            created_at: row.try_get("sv_created_at")?,
+            created_by: row.try_get("sv_created_by")?,
+        }),
+    };
+    Ok(SecretForRead {
+        vault,
+        secret: Some(secret),
+        current,
     })
 }
 
@@ -406,6 +448,31 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(secret_from_row).transpose()
+    }
+
+    async fn secret_for_read(
+        &self,
+        vault_name: &str,
+        secret_name: &str,
+    ) -> StoreResult<Option<SecretForRead>> {
+        let row = sqlx::query(
+            "SELECT v.id AS v_id, v.name AS v_name, v.tags AS v_tags, \
+             v.wrapped_key AS v_wrapped_key, v.created_at AS v_created_at, s.id AS s_id, \
+             s.name AS s_name, s.tags AS s_tags, s.current_version AS s_current_version, \
+             s.created_at AS s_created_at, s.updated_at AS s_updated_at, \
+             sv.field_names AS sv_field_names, sv.ciphertext AS sv_ciphertext, \
+             sv.created_at AS sv_created_at, sv.created_by AS sv_created_by \
+             FROM vaults v \
+             LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = $2 \
+             LEFT JOIN secret_versions sv \
+             ON sv.secret_id = s.id AND sv.version = s.current_version \
+             WHERE v.name = $1",
+        )
+        .bind(vault_name)
+        .bind(secret_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(secret_for_read_from_row).transpose()
     }
 
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>> {

@@ -2,24 +2,32 @@
 //!
 //! The database runs in WAL mode with `synchronous=FULL`, so a committed transaction
 //! survives a crash or power loss: the audit log depends on that.
+//!
+//! Every query on a pooled connection is a round trip to that connection's thread, and
+//! round trips, not SQL, are most of the cost of a query here. So the pool does not ping a
+//! connection before handing it out (a connection to a local file cannot go away), the read
+//! of an uncached secret is one query, and the audit writer appends through a connection
+//! of its own in as few statements as it can (see [`SqliteStore::append_audit_with_tokens`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey_core::audit::{AuditEvent, AuditRecord, Checkpoint, Outcome};
+use latchkey_core::audit::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH, Outcome};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 
 use crate::{
     AccessRequestFilter, AccessRequestRow, AccessReviewRow, AuditFilter, ConnectorRow, ExpiryClaim,
     GrantFilter, GrantRow, LoginAttemptRow, Offboarding, PolicyRow, PrincipalRow, ReviewOutcome,
-    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretRow, SecretVersionMeta,
+    ScimGroupRow, ScimLink, ScimTokenRow, ScimUserRow, SecretForRead, SecretRow, SecretVersionMeta,
     SecretVersionRow, Store, StoreError, StoreResult, TokenRow, VaultRow,
 };
 
@@ -29,12 +37,52 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// precision and stays the same within one statement.
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
-/// SQLite allows at most 32,766 bound parameters per statement; audit rows bind 14 each.
-const AUDIT_ROWS_PER_INSERT: usize = 500;
+/// Audit rows per INSERT statement. SQLite binds at most 32,766 parameters per statement
+/// and an audit row binds 14.
+const AUDIT_ROWS_PER_INSERT: usize = 2000;
+
+/// Token rows per INSERT statement; a token row binds 10 parameters.
+const TOKEN_ROWS_PER_INSERT: usize = 3000;
+
+/// Audit appends between checkpoints of the write-ahead log.
+///
+/// A checkpoint copies the pages the log holds into the database file and syncs it. Run by
+/// the audit connection after a commit, as SQLite does by default, it would hold up every
+/// request waiting for the next commit, for as long as it takes to copy hundreds of pages
+/// when tokens are issued. So every this many appends a passive checkpoint runs on a pooled
+/// connection beside the appends, and copies most of the log. The log can only start over
+/// once a checkpoint has copied all of it, which one running beside a stream of appends
+/// never does. So the audit connection then checkpoints the few pages appended since
+/// itself, before its next append, and that append starts the log over.
+const APPENDS_PER_CHECKPOINT: u32 = 32;
+
+/// A vault, one of its secrets and that secret's current version.
+const SECRET_FOR_READ: &str = "SELECT v.id AS v_id, v.name AS v_name, v.tags AS v_tags, \
+     v.wrapped_key AS v_wrapped_key, v.created_at AS v_created_at, s.id AS s_id, \
+     s.name AS s_name, s.tags AS s_tags, s.current_version AS s_current_version, \
+     s.created_at AS s_created_at, s.updated_at AS s_updated_at, \
+     sv.field_names AS sv_field_names, sv.ciphertext AS sv_ciphertext, \
+     sv.created_at AS sv_created_at, sv.created_by AS sv_created_by \
+     FROM vaults v \
+     LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = ?2 \
+     LEFT JOIN secret_versions sv ON sv.secret_id = s.id AND sv.version = s.current_version \
+     WHERE v.name = ?1";
 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The connection audit batches are appended through, outside the pool: one append runs
+    /// at a time anyway, and a connection of its own spares each batch the pool's hand-over
+    /// and keeps its page cache and prepared statements while it is the only writer. It is
+    /// opened again after an error.
+    audit: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    /// How the audit connection is opened.
+    audit_options: SqliteConnectOptions,
+    /// Appends since the last checkpoint was started, whether one is running, and whether
+    /// the audit connection should checkpoint the rest of the log.
+    appends: Arc<AtomicU32>,
+    checkpointing: Arc<AtomicBool>,
+    finish_checkpoint: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -62,12 +110,56 @@ impl SqliteStore {
     }
 
     async fn connect(options: SqliteConnectOptions) -> StoreResult<SqliteStore> {
+        // Four connections keep two cores busy: a query waits on its thread, not on the
+        // disk, once the pages are in the OS cache. Every commit (one per audit batch) makes
+        // each connection drop its page cache at its next query, so a large cache per
+        // connection only holds memory; 1 MiB each is enough for the pages of one query.
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options.clone().pragma("cache_size", "-1024"))
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        // Statement journals of the audit transactions stay in memory rather than in a
+        // temporary file, and checkpoints are left to `checkpoint_beside_appends`.
+        let audit_options = options
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", "0");
+        Ok(SqliteStore {
+            pool,
+            audit: Arc::new(tokio::sync::Mutex::new(None)),
+            audit_options,
+            appends: Arc::new(AtomicU32::new(0)),
+            checkpointing: Arc::new(AtomicBool::new(false)),
+            finish_checkpoint: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Counts an audit append, and every [`APPENDS_PER_CHECKPOINT`] appends starts a passive
+    /// checkpoint on a pooled connection unless one is still running. A passive checkpoint
+    /// copies what it can without waiting for readers or writers; the audit connection
+    /// keeps appending meanwhile, and finishes the checkpoint before its next append after
+    /// this one completed.
+    fn checkpoint_beside_appends(&self) {
+        if self.appends.fetch_add(1, Ordering::Relaxed) + 1 < APPENDS_PER_CHECKPOINT
+            || self.checkpointing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.appends.store(0, Ordering::Relaxed);
+        let pool = self.pool.clone();
+        let running = Arc::clone(&self.checkpointing);
+        let finish = Arc::clone(&self.finish_checkpoint);
+        tokio::spawn(async move {
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                Ok(_) => finish.store(true, Ordering::Release),
+                Err(error) => tracing::warn!(%error, "checkpointing the write-ahead log failed"),
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 
     /// Starts a write transaction with `BEGIN IMMEDIATE`, which takes the write lock at
@@ -209,24 +301,6 @@ fn audit_from_row(row: &SqliteRow) -> StoreResult<AuditEvent> {
     })
 }
 
-async fn load_groups(
-    executor: impl sqlx::Executor<'_, Database = Sqlite>,
-    principal_id: &str,
-) -> StoreResult<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT group_name FROM group_members WHERE principal_id = ? ORDER BY group_name",
-    )
-    .bind(principal_id)
-    .fetch_all(executor)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            r.try_get::<String, _>("group_name")
-                .map_err(StoreError::from)
-        })
-        .collect()
-}
-
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -320,6 +394,19 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(secret_from_row).transpose()
+    }
+
+    async fn secret_for_read(
+        &self,
+        vault_name: &str,
+        secret_name: &str,
+    ) -> StoreResult<Option<SecretForRead>> {
+        let row = sqlx::query(SECRET_FOR_READ)
+            .bind(vault_name)
+            .bind(secret_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(secret_for_read_from_row).transpose()
     }
 
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>> {
@@ -477,37 +564,33 @@ impl Store for SqliteStore {
     }
 
     async fn principal_by_name(&self, kind: &str, name: &str) -> StoreResult<Option<PrincipalRow>> {
-        let row = sqlx::query("SELECT * FROM principals WHERE kind = ? AND name = ?")
-            .bind(kind)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(self.principal_from_row(&row).await?)),
-            None => Ok(None),
-        }
+        let row = sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.kind = ? AND p.name = ?"
+        ))
+        .bind(kind)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(principal_from_row).transpose()
     }
 
     async fn principal_by_id(&self, id: &str) -> StoreResult<Option<PrincipalRow>> {
-        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(self.principal_from_row(&row).await?)),
-            None => Ok(None),
-        }
+        let row = sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(principal_from_row).transpose()
     }
 
     async fn list_principals(&self) -> StoreResult<Vec<PrincipalRow>> {
-        let rows = sqlx::query("SELECT * FROM principals ORDER BY kind, name")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut principals = Vec::with_capacity(rows.len());
-        for row in &rows {
-            principals.push(self.principal_from_row(row).await?);
-        }
-        Ok(principals)
+        let rows = sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals p ORDER BY p.kind, p.name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(principal_from_row).collect()
     }
 
     async fn set_groups(&self, principal_id: &str, groups: &[String]) -> StoreResult<()> {
@@ -718,6 +801,11 @@ impl Store for SqliteStore {
         audit_head(&self.pool).await
     }
 
+    /// Appends with one statement that inserts the whole batch only if the stored head is
+    /// the one it continues. Without tokens that statement commits on its own, so a batch
+    /// costs one round trip to the connection's thread and one fsync. With tokens (or more
+    /// rows than one statement binds), the statements run in one `BEGIN IMMEDIATE`
+    /// transaction.
     async fn append_audit_with_tokens(
         &self,
         events: &[AuditEvent],
@@ -726,52 +814,27 @@ impl Store for SqliteStore {
         let Some(first) = events.first() else {
             return Ok(());
         };
-        // IMMEDIATE takes the write lock before the head is read, so no other connection can
-        // append between the check and the insert.
-        let mut tx = self.begin_write().await?;
-        crate::check_continues_head(audit_head(&mut *tx).await?, first)?;
-        for chunk in events.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO audit_events (seq, time, request_id, principal, action, resource, \
-                 outcome, reason, policies, client_addr, token_id, detail, prev_hash, hash) ",
-            );
-            let mut encoded = Vec::with_capacity(chunk.len());
-            for event in chunk {
-                let seq = i64::try_from(event.seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit seq {}", event.seq)))?;
-                let policies = serde_json::to_string(&event.record.policies)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let detail = serde_json::to_string(&event.record.detail)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                encoded.push((seq, policies, detail));
-            }
-            builder.push_values(
-                chunk.iter().zip(encoded),
-                |mut b, (event, (seq, policies, detail))| {
-                    let r = &event.record;
-                    b.push_bind(seq)
-                        .push_bind(r.time.clone())
-                        .push_bind(r.request_id.clone())
-                        .push_bind(r.principal.clone())
-                        .push_bind(r.action.clone())
-                        .push_bind(r.resource.clone())
-                        .push_bind(outcome_str(r.outcome))
-                        .push_bind(r.reason.clone())
-                        .push_bind(policies)
-                        .push_bind(r.client_addr.clone())
-                        .push_bind(r.token_id.clone())
-                        .push_bind(detail)
-                        .push_bind(event.prev_hash.clone())
-                        .push_bind(event.hash.clone());
-                },
-            );
-            builder.build().execute(&mut *tx).await?;
+        let head = expected_head(first)?;
+        let mut slot = self.audit.lock().await;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(self.audit_options.connect().await?),
+        };
+        if self.finish_checkpoint.swap(false, Ordering::AcqRel)
+            && let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *conn)
+                .await
+        {
+            tracing::warn!(%error, "checkpointing the write-ahead log failed");
         }
-        for token in tokens {
-            insert_token(&mut *tx, token).await?;
+        let result = append_on(conn, events, head, tokens).await;
+        match &result {
+            Ok(()) => self.checkpoint_beside_appends(),
+            // The connection may be left inside a transaction or broken: start afresh.
+            Err(StoreError::Database(_)) => *slot = None,
+            Err(_) => {}
         }
-        tx.commit().await?;
-        Ok(())
+        result
     }
 
     async fn audit_events(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
@@ -1115,19 +1178,196 @@ fn checkpoint_from_row(row: &SqliteRow) -> StoreResult<Checkpoint> {
     })
 }
 
-impl SqliteStore {
-    async fn principal_from_row(&self, row: &SqliteRow) -> StoreResult<PrincipalRow> {
-        let id: String = row.try_get("id")?;
-        let groups = load_groups(&self.pool, &id).await?;
-        Ok(PrincipalRow {
-            kind: row.try_get("kind")?,
-            name: row.try_get("name")?,
-            active: row.try_get("active")?,
-            created_at: row.try_get("created_at")?,
-            groups,
-            id,
-        })
+/// A principal's columns and its groups as a JSON array, so that one query reads both.
+const PRINCIPAL_COLUMNS: &str = "p.id, p.kind, p.name, p.active, p.created_at, \
+     (SELECT json_group_array(g.group_name ORDER BY g.group_name) FROM group_members g \
+     WHERE g.principal_id = p.id) AS groups";
+
+/// Reads a row of [`PRINCIPAL_COLUMNS`].
+fn principal_from_row(row: &SqliteRow) -> StoreResult<PrincipalRow> {
+    let mut groups: Vec<String> = parse_json(row.try_get("groups")?, "group names")?;
+    // Names sort by their bytes, as SQLite's default collation does.
+    groups.sort_unstable();
+    Ok(PrincipalRow {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        groups,
+    })
+}
+
+/// The stored head a batch starting with `first` must continue, as the sequence number and
+/// hash [`audit_insert`] checks: both None for an empty log. A first event that could
+/// continue no head is refused here.
+fn expected_head(first: &AuditEvent) -> StoreResult<(Option<i64>, Option<&str>)> {
+    let moved = || StoreError::Concurrent("audit chain head".into());
+    match first.seq {
+        0 => Err(moved()),
+        1 if first
+            .prev_hash
+            .eq_ignore_ascii_case(&crate::hex_lower(&GENESIS_HASH)) =>
+        {
+            Ok((None, None))
+        }
+        1 => Err(moved()),
+        seq => {
+            let head = i64::try_from(seq - 1)
+                .map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?;
+            Ok((Some(head), Some(first.prev_hash.as_str())))
+        }
     }
+}
+
+/// Builds an INSERT of `events`. With `head`, the statement inserts the rows only if the
+/// stored head is that sequence number and hash (both None for an empty log): it inserts
+/// all of them or none.
+fn audit_insert<'a>(
+    events: &'a [AuditEvent],
+    head: Option<(Option<i64>, Option<&'a str>)>,
+) -> StoreResult<QueryBuilder<'a, Sqlite>> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    let mut encoded = Vec::with_capacity(events.len());
+    for event in events {
+        let seq = i64::try_from(event.seq)
+            .map_err(|_| StoreError::Corrupt(format!("audit seq {}", event.seq)))?;
+        let policies = serde_json::to_string(&event.record.policies).map_err(corrupt)?;
+        let detail = serde_json::to_string(&event.record.detail).map_err(corrupt)?;
+        encoded.push((seq, policies, detail));
+    }
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO audit_events (seq, time, request_id, principal, action, resource, \
+         outcome, reason, policies, client_addr, token_id, detail, prev_hash, hash) \
+         SELECT * FROM (",
+    );
+    builder.push_values(
+        events.iter().zip(encoded),
+        |mut b, (event, (seq, policies, detail))| {
+            let r = &event.record;
+            b.push_bind(seq)
+                .push_bind(r.time.as_str())
+                .push_bind(r.request_id.as_str())
+                .push_bind(r.principal.as_str())
+                .push_bind(r.action.as_str())
+                .push_bind(r.resource.as_str())
+                .push_bind(outcome_str(r.outcome))
+                .push_bind(r.reason.as_deref())
+                .push_bind(policies)
+                .push_bind(r.client_addr.as_deref())
+                .push_bind(r.token_id.as_deref())
+                .push_bind(detail)
+                .push_bind(event.prev_hash.as_str())
+                .push_bind(event.hash.as_str());
+        },
+    );
+    builder.push(")");
+    if let Some((seq, hash)) = head {
+        // The subqueries do not depend on the inserted rows, and SQLite evaluates a SELECT
+        // that reads the table it inserts into before inserting, so every row sees the
+        // head as it was before the statement.
+        builder
+            .push(" WHERE (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1) IS ")
+            .push_bind(seq)
+            .push(" AND (SELECT lower(hash) FROM audit_events ORDER BY seq DESC LIMIT 1) IS lower(")
+            .push_bind(hash)
+            .push(")");
+    }
+    Ok(builder)
+}
+
+async fn append_on(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+    head: (Option<i64>, Option<&str>),
+    tokens: &[TokenRow],
+) -> StoreResult<()> {
+    let mut chunks = events.chunks(AUDIT_ROWS_PER_INSERT);
+    let Some(first) = chunks.next() else {
+        return Ok(());
+    };
+    let check = |inserted: u64| match inserted {
+        0 => Err(StoreError::Concurrent("audit chain head".into())),
+        n if n == first.len() as u64 => Ok(()),
+        n => Err(StoreError::Corrupt(format!(
+            "{n} of {} audit events were inserted",
+            first.len()
+        ))),
+    };
+    let mut guarded = audit_insert(first, Some(head))?;
+    if tokens.is_empty() && first.len() == events.len() {
+        // One statement commits on its own: one round trip and one fsync.
+        return check(guarded.build().execute(&mut *conn).await?.rows_affected());
+    }
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    // An early return drops `tx`, which rolls the transaction back.
+    check(guarded.build().execute(&mut *tx).await?.rows_affected())?;
+    for chunk in chunks {
+        audit_insert(chunk, None)?.build().execute(&mut *tx).await?;
+    }
+    for chunk in tokens.chunks(TOKEN_ROWS_PER_INSERT) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO tokens (accessor, hash, principal_id, kind, created_at, ttl, \
+             expires_at, max_expires_at, revoked_at, created_by) ",
+        );
+        builder.push_values(chunk, |mut b, t| {
+            b.push_bind(t.accessor.as_str())
+                .push_bind(&t.hash[..])
+                .push_bind(t.principal_id.as_str())
+                .push_bind(t.kind.as_str())
+                .push_bind(t.created_at)
+                .push_bind(t.ttl)
+                .push_bind(t.expires_at)
+                .push_bind(t.max_expires_at)
+                .push_bind(t.revoked_at)
+                .push_bind(t.created_by.as_deref());
+        });
+        builder.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn secret_for_read_from_row(row: &SqliteRow) -> StoreResult<SecretForRead> {
+    let vault = VaultRow {
+        id: row.try_get("v_id")?,
+        name: row.try_get("v_name")?,
+        tags: parse_json(row.try_get("v_tags")?, "vault tags")?,
+        wrapped_key: row.try_get("v_wrapped_key")?,
+        created_at: row.try_get("v_created_at")?,
+    };
+    let Some(secret_id) = row.try_get::<Option<String>, _>("s_id")? else {
+        return Ok(SecretForRead {
+            vault,
+            secret: None,
+            current: None,
+        });
+    };
+    let secret = SecretRow {
+        vault_id: vault.id.clone(),
+        name: row.try_get("s_name")?,
+        tags: parse_json(row.try_get("s_tags")?, "secret tags")?,
+        current_version: version_u32(row.try_get("s_current_version")?, "secret version")?,
+        created_at: row.try_get("s_created_at")?,
+        updated_at: row.try_get("s_updated_at")?,
+        id: secret_id,
+    };
+    let current = match row.try_get::<Option<Vec<u8>>, _>("sv_ciphertext")? {
+        None => None,
+        Some(ciphertext) => Some(SecretVersionRow {
+            secret_id: secret.id.clone(),
+            version: secret.current_version,
+            field_names: parse_json(row.try_get("sv_field_names")?, "field names")?,
+            ciphertext,
+            created_at: row.try_get("sv_created_at")?,
+            created_by: row.try_get("sv_created_by")?,
+        }),
+    };
+    Ok(SecretForRead {
+        vault,
+        secret: Some(secret),
+        current,
+    })
 }
 
 async fn audit_head(

@@ -315,6 +315,23 @@ async fn audit_appends_in_order_and_refuses_duplicates(store: &dyn Store) {
         "a sequence number is never written twice: {duplicate:?}"
     );
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 1200);
+
+    // A batch larger than one INSERT statement takes is still all or nothing.
+    let head = store.audit_head().await.unwrap();
+    let large = continue_chain(head.as_ref(), 4500, "large");
+    let mut stale = large.clone();
+    stale[0].prev_hash = "00".repeat(32);
+    assert!(matches!(
+        store.append_audit(&stale).await,
+        Err(StoreError::Concurrent(_))
+    ));
+    assert_eq!(store.audit_head().await.unwrap(), head);
+    store.append_audit(&large).await.unwrap();
+    assert_eq!(
+        store.audit_events(1200, 5000).await.unwrap(),
+        large,
+        "every event of the large batch, in order"
+    );
 }
 
 /// Seals `count` events that continue a chain whose last event is `head`.
@@ -577,6 +594,101 @@ async fn tokens_commit_with_their_audit_event(store: &dyn Store) {
         .unwrap();
     assert!(store.token_by_accessor("tok_new").await.unwrap().is_some());
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, events[0].seq);
+
+    // Several tokens in one batch keep every field.
+    let head = store.audit_head().await.unwrap();
+    let events = continue_chain(head.as_ref(), 3, "several");
+    let issued = [
+        token("tok_a", "p1", 9),
+        TokenRow {
+            revoked_at: Some(80),
+            created_by: Some("jwt:ci".into()),
+            ..token("tok_b", "p1", 10)
+        },
+    ];
+    store
+        .append_audit_with_tokens(&events, &issued)
+        .await
+        .unwrap();
+    for row in &issued {
+        assert_eq!(
+            store
+                .token_by_accessor(&row.accessor)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(row)
+        );
+    }
+    assert_eq!(
+        store.token_by_hash(&[10; 32]).await.unwrap().unwrap(),
+        issued[1]
+    );
+    assert_eq!(
+        store.audit_events(0, 100).await.unwrap().last(),
+        events.last()
+    );
+
+    // A token that cannot be stored takes its batch's events with it.
+    let head = store.audit_head().await.unwrap();
+    let events = continue_chain(head.as_ref(), 2, "duplicate");
+    assert!(matches!(
+        store
+            .append_audit_with_tokens(&events, &[token("tok_a", "p1", 11)])
+            .await,
+        Err(StoreError::Database(_))
+    ));
+    assert_eq!(store.audit_head().await.unwrap(), head);
+    store.append_audit(&events).await.unwrap();
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, events[1].seq);
+}
+
+async fn secret_for_read_joins_vault_secret_and_current_version(store: &dyn Store) {
+    assert!(store.secret_for_read("prod", "db").await.unwrap().is_none());
+    store.create_vault(&vault("v1", "prod")).await.unwrap();
+    let found = store.secret_for_read("prod", "db").await.unwrap().unwrap();
+    assert_eq!(found.vault, vault("v1", "prod"));
+    assert!(found.secret.is_none() && found.current.is_none());
+
+    let first = SecretRow {
+        id: "s1".into(),
+        vault_id: "v1".into(),
+        name: "db".into(),
+        tags: BTreeMap::from([("team".into(), "payments".into())]),
+        current_version: 1,
+        created_at: 1,
+        updated_at: 1,
+    };
+    store
+        .put_secret_version(None, &first, &version("s1", 1))
+        .await
+        .unwrap();
+    let second = SecretRow {
+        current_version: 2,
+        updated_at: 2,
+        ..first.clone()
+    };
+    store
+        .put_secret_version(Some(&first), &second, &version("s1", 2))
+        .await
+        .unwrap();
+    let found = store.secret_for_read("prod", "db").await.unwrap().unwrap();
+    assert_eq!(found.vault, vault("v1", "prod"));
+    assert_eq!(found.secret, Some(second));
+    assert!(
+        found.current == Some(version("s1", 2)),
+        "the current version"
+    );
+
+    // Another vault's secret of the same name is not this one.
+    store.create_vault(&vault("v2", "staging")).await.unwrap();
+    let other = store
+        .secret_for_read("staging", "db")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.vault.id, "v2");
+    assert!(other.secret.is_none());
 }
 
 async fn audit_search_by_request_and_grant(store: &dyn Store) {
@@ -1701,6 +1813,7 @@ mod sqlite_backend {
     sqlite_case!(initialize_is_once);
     sqlite_case!(vaults_are_unique);
     sqlite_case!(secret_versions_use_optimistic_concurrency);
+    sqlite_case!(secret_for_read_joins_vault_secret_and_current_version);
     sqlite_case!(principals_and_groups);
     sqlite_case!(tokens_revoke_and_renew);
     sqlite_case!(policies_replace_by_name);
@@ -1778,6 +1891,26 @@ mod sqlite_backend {
     sqlite_case!(sink_lease_admits_one_node_at_a_time);
     sqlite_case!(exports_are_recorded_in_order);
     sqlite_case!(purge_keeps_the_head_and_later_events);
+
+    /// The audit connection leaves checkpoints to the pool, so that its commits never wait
+    /// for one. The write-ahead log must still be checkpointed and reused, not grow with
+    /// every append.
+    #[tokio::test]
+    async fn audit_appends_keep_the_write_ahead_log_bounded() {
+        let (dir, store) = sqlite().await;
+        let mut head = None;
+        for _ in 0..2000 {
+            let events = continue_chain(head.as_ref(), 1, "wal");
+            store.append_audit(&events).await.unwrap();
+            head = store.audit_head().await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("test.db-wal"))
+            .unwrap()
+            .len();
+        // Without checkpoints, 2,000 commits of a few 4 KiB pages each would leave a log of
+        // tens of MiB.
+        assert!(wal < 4 << 20, "the log grew to {wal} bytes");
+    }
 
     #[tokio::test]
     async fn concurrent_writers_never_fork_the_chain() {
@@ -1936,6 +2069,7 @@ mod postgres_backend {
     postgres_case!(initialize_is_once);
     postgres_case!(vaults_are_unique);
     postgres_case!(secret_versions_use_optimistic_concurrency);
+    postgres_case!(secret_for_read_joins_vault_secret_and_current_version);
     postgres_case!(principals_and_groups);
     postgres_case!(tokens_revoke_and_renew);
     postgres_case!(policies_replace_by_name);
