@@ -40,9 +40,9 @@
 //! action, resource` plus `when`) are evaluated on every request of their
 //! action and resource type.
 //!
-//! The entities of recent (principal, resource) pairs and the contexts of the
-//! current second are kept by the engine and reused; they are keyed by
-//! everything they are built from, so reuse never changes a decision.
+//! The engine reuses the entities of recent (principal, resource) pairs and
+//! the contexts of the current second. They are keyed by everything they are
+//! built from, so reuse never changes a decision.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -943,8 +943,8 @@ struct Slices {
 }
 
 impl Slices {
-    /// The sets whose statements may apply to a request on a resource with
-    /// these anchors.
+    /// Returns the sets whose statements may apply to a request on a resource
+    /// with these anchors.
     fn sets<'s>(
         &'s self,
         resource_anchors: &'s [EntityUid],
@@ -995,7 +995,7 @@ const ENTITY_CACHE_GENERATION: usize = 512;
 /// Building the entities (and Cedar's transitive closure over them) is most
 /// of the cost of a decision. They are a function of the principal and the
 /// resource alone, so an entry is found by the full content of both and is
-/// never stale: a principal whose groups changed, or a secret whose tags
+/// never stale. A principal whose groups changed, or a secret whose tags
 /// changed, looks up another entry. The cache only bounds its memory. It
 /// keeps two generations of at most [`ENTITY_CACHE_GENERATION`] entries each:
 /// when the current one is full it becomes the previous one, and an entry
@@ -1065,7 +1065,7 @@ impl EntityCache {
 /// combination in use.
 const CONTEXT_CACHE_ENTRIES: usize = 16;
 
-/// Cedar contexts of recent requests. A context holds the request time in
+/// Cedar contexts of recent requests. A context contains the request time in
 /// whole seconds, so one serves every request with the same facts within
 /// that second.
 #[derive(Default)]

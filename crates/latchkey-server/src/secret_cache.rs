@@ -42,8 +42,8 @@ impl<T> Timed<T> {
     }
 }
 
-/// Entries by a hash of their key, in two generations. Each entry holds its key, so a
-/// lookup compares it and a hash collision is a miss; a lookup allocates nothing.
+/// Entries by a hash of their key, in two generations. Each entry contains its key, so a
+/// lookup compares it and a hash collision is a miss. A lookup allocates nothing.
 struct Recent<V> {
     current: HashMap<u64, V>,
     previous: HashMap<u64, V>,
@@ -283,7 +283,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn load_reads_and_caches_vault_secret_and_current_version() {
+    async fn load_caches_vault_secret_and_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = latchkey_store::SqliteStore::open(&dir.path().join("cache.db"))
             .await

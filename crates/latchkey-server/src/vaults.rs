@@ -70,9 +70,9 @@ pub async fn load_vault(
     }
 }
 
-/// The error for a vault that does not exist: a 404 for callers allowed `action` on a vault
-/// of that name (or on its secret `secret`, when one is named) without tags, else the 403
-/// they would get if it existed.
+/// Returns the error for a vault that does not exist. Callers allowed `action` on a vault of
+/// that name without tags (or on its secret `secret`, when one is named) get a 404, and
+/// others the 403 they would get if it existed.
 pub fn vault_not_found(
     state: &SharedState,
     ctx: &RequestCtx,

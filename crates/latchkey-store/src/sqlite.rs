@@ -5,9 +5,10 @@
 //!
 //! Every query on a pooled connection is a round trip to that connection's thread, and
 //! round trips, not SQL, are most of the cost of a query here. So the pool does not ping a
-//! connection before handing it out (a connection to a local file cannot go away), the read
-//! of an uncached secret is one query, and the audit writer appends through a connection
-//! of its own in as few statements as it can (see [`SqliteStore::append_audit_with_tokens`]).
+//! connection before handing it out, because a connection to a local file cannot go away.
+//! The read of an uncached secret is one query. The audit writer appends through a
+//! connection of its own in as few statements as it can (see
+//! [`SqliteStore::append_audit_with_tokens`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,7 +47,7 @@ const TOKEN_ROWS_PER_INSERT: usize = 3000;
 
 /// Audit appends between checkpoints of the write-ahead log.
 ///
-/// A checkpoint copies the pages the log holds into the database file and syncs it. Run by
+/// A checkpoint copies the pages the log contains into the database file and syncs it. Run by
 /// the audit connection after a commit, as SQLite does by default, it would hold up every
 /// request waiting for the next commit, for as long as it takes to copy hundreds of pages
 /// when tokens are issued. So every this many appends a passive checkpoint runs on a pooled
@@ -71,12 +72,12 @@ const SECRET_FOR_READ: &str = "SELECT v.id AS v_id, v.name AS v_name, v.tags AS 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The connection audit batches are appended through, outside the pool: one append runs
-    /// at a time anyway, and a connection of its own spares each batch the pool's hand-over
-    /// and keeps its page cache and prepared statements while it is the only writer. It is
+    /// The connection audit batches are appended through, outside the pool. One append runs
+    /// at a time anyway. A connection of its own spares each batch the pool's hand-over, and
+    /// keeps its page cache and prepared statements while it is the only writer. It is
     /// opened again after an error.
     audit: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
-    /// How the audit connection is opened.
+    /// Options of the audit connection.
     audit_options: SqliteConnectOptions,
     /// Appends since the last checkpoint was started, whether one is running, and whether
     /// the audit connection should checkpoint the rest of the log.
@@ -113,7 +114,7 @@ impl SqliteStore {
         // Four connections keep two cores busy: a query waits on its thread, not on the
         // disk, once the pages are in the OS cache. Every commit (one per audit batch) makes
         // each connection drop its page cache at its next query, so a large cache per
-        // connection only holds memory; 1 MiB each is enough for the pages of one query.
+        // connection only takes memory. 1 MiB each is enough for the pages of one query.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -137,9 +138,9 @@ impl SqliteStore {
 
     /// Counts an audit append, and every [`APPENDS_PER_CHECKPOINT`] appends starts a passive
     /// checkpoint on a pooled connection unless one is still running. A passive checkpoint
-    /// copies what it can without waiting for readers or writers; the audit connection
-    /// keeps appending meanwhile, and finishes the checkpoint before its next append after
-    /// this one completed.
+    /// copies what it can without waiting for readers or writers, so the audit connection
+    /// keeps appending meanwhile. Once it completed, the audit connection finishes the
+    /// checkpoint before its next append.
     fn checkpoint_beside_appends(&self) {
         if self.appends.fetch_add(1, Ordering::Relaxed) + 1 < APPENDS_PER_CHECKPOINT
             || self.checkpointing.swap(true, Ordering::AcqRel)
