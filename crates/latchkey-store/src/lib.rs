@@ -302,7 +302,7 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
         now: i64,
         limit: u32,
     ) -> StoreResult<Vec<AccessRequestRow>>;
-    /// A principal's grants live at `now`.
+    /// Returns a principal's grants that are live at `now`.
     async fn live_grants(&self, principal_id: &str, now: i64) -> StoreResult<Vec<GrantRow>>;
     async fn grant(&self, id: &str) -> StoreResult<Option<GrantRow>>;
     /// Lists grants, newest first.

@@ -120,7 +120,7 @@ pub struct WaitArgs {
     pub ticket: Option<String>,
 }
 
-/// The secrets (without field or version) that `references` read.
+/// Returns the secrets (without field or version) that `references` read.
 pub fn secrets_of(references: &[SecretRef]) -> Vec<SecretRef> {
     let mut secrets: Vec<SecretRef> = references
         .iter()

@@ -24,7 +24,7 @@ pub enum VaultCommand {
         /// Distinct approvals a request needs (1 to 10); the requester's own never counts.
         #[arg(long)]
         approvals: Option<u32>,
-        /// The longest access a request may ask for, such as `8h`.
+        /// Maximum duration a request may ask for, such as `8h`.
         #[arg(long, value_name = "DURATION")]
         max_grant: Option<String>,
         /// How long a request may wait for approval before it expires, such as `1h`.
@@ -33,7 +33,7 @@ pub enum VaultCommand {
         /// Whether requests must give a reason.
         #[arg(long, value_name = "BOOL")]
         require_reason: Option<bool>,
-        /// The longest access break-glass gives, such as `1h`.
+        /// Maximum duration of break-glass access, such as `1h`.
         #[arg(long, value_name = "DURATION")]
         break_glass_max: Option<String>,
     },

@@ -67,8 +67,8 @@ pub fn view(grant: &GrantRow, now: i64) -> GrantView {
     }
 }
 
-/// Whether the caller may see and revoke a grant: its holder, a principal allowed to
-/// approve it, or an administrator.
+/// Returns whether the caller may see and revoke a grant: its holder, a principal allowed
+/// to approve it, or an administrator.
 async fn may_manage(state: &AppState, ctx: &RequestCtx, grant: &GrantRow) -> ApiResult<bool> {
     if grant.principal_id == ctx.caller.principal_id || is_admin(state, ctx) {
         return Ok(true);

@@ -35,7 +35,7 @@ pub fn grant_uid(id: &str) -> String {
     format!("Grant::\"{id}\"")
 }
 
-/// The `lk://` reference of what a request or grant covers.
+/// Returns the `lk://` reference of what a request or grant covers.
 pub fn resource_ref(resource: &AccessResource) -> String {
     SecretRef {
         vault: resource.vault.clone(),
@@ -259,7 +259,7 @@ pub async fn append_event(
         .map_err(|_| ApiError::audit_unavailable())
 }
 
-/// The facts about a request that its audit events carry.
+/// Returns the facts about a request that its audit events carry.
 pub fn request_detail(request: &AccessRequestRow) -> BTreeMap<String, String> {
     let mut detail = BTreeMap::new();
     detail.insert("access_request".to_string(), request.id.clone());
@@ -276,7 +276,7 @@ pub fn request_detail(request: &AccessRequestRow) -> BTreeMap<String, String> {
     detail
 }
 
-/// The facts about a grant that its audit events carry.
+/// Returns the facts about a grant that its audit events carry.
 pub fn grant_detail(grant: &GrantRow) -> BTreeMap<String, String> {
     let mut detail = BTreeMap::new();
     detail.insert("grant".to_string(), grant.id.clone());

@@ -88,8 +88,8 @@ pub struct RequestView {
     pub can_review: bool,
 }
 
-/// A request's status at `now`: a pending request past its expiry is `expired` even before
-/// the expiry job records it.
+/// Returns a request's status at `now`. A pending request past its expiry is `expired`
+/// even before the expiry job records it.
 pub fn status_at(request: &AccessRequestRow, now: i64) -> &str {
     if request.status == "pending" && request.expires_at <= now {
         "expired"
@@ -324,7 +324,7 @@ pub async fn create(
         policies,
     );
 
-    // Secrets must exist: a grant for a misspelt name would help nobody.
+    // Secrets must exist, because a grant for a misspelt name gives no access.
     for resource in &resources {
         if let Some(secret) = &resource.secret {
             let vault = state
@@ -486,7 +486,7 @@ pub async fn create(
     Ok(view(&request, now, false))
 }
 
-/// Whether the caller may see a request, and whether it may review it.
+/// Returns whether the caller may see a request, and whether it may review it.
 async fn access_to(
     state: &AppState,
     ctx: &RequestCtx,
@@ -517,7 +517,7 @@ pub struct RequestListResponse {
 
 const STATUSES: [&str; 5] = ["pending", "approved", "denied", "expired", "cancelled"];
 
-/// The requests the caller may see: its own, those it may review, or all for an
+/// Lists the requests the caller may see: its own, those it may review, or all for an
 /// administrator.
 pub async fn list_visible(
     state: &AppState,

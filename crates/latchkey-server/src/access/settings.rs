@@ -14,9 +14,9 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::state::{AppState, RequestCtx, SharedState};
 use crate::vaults::{load_vault, vault_resource};
 
-/// The most approvals a vault may require.
+/// Maximum number of approvals a vault may require.
 pub const MAX_APPROVALS: u32 = 10;
-/// The longest access any vault may allow a request to ask for: 30 days.
+/// Maximum grant duration any vault may allow: 30 days.
 pub const MAX_GRANT_LIMIT: i64 = 30 * 24 * 3600;
 
 /// A vault's access settings as stored and shown.
@@ -25,13 +25,13 @@ pub const MAX_GRANT_LIMIT: i64 = 30 * 24 * 3600;
 pub struct AccessSettings {
     /// Distinct approvals a request needs, besides the requester's own (1 to 10).
     pub approvals: u32,
-    /// The longest access a request may ask for, such as `8h`.
+    /// Maximum duration a request may ask for, such as `8h`.
     pub max_grant: String,
     /// How long a request may wait for its approvals before it expires, such as `1h`.
     pub request_expiry: String,
     /// Whether a request must give a reason.
     pub require_reason: bool,
-    /// The longest access break-glass gives, such as `1h`.
+    /// Maximum duration of break-glass access, such as `1h`.
     pub break_glass_max: String,
 }
 
