@@ -929,8 +929,10 @@ type Compiled = (Arc<str>, Arc<[Policy]>);
 struct Bucket {
     /// Statements whose principal scope names no entity.
     any_principal: Slices,
-    /// Statements by the entity their principal scope names.
-    by_principal: HashMap<EntityUid, Slices>,
+    /// Statements by the entity their principal scope names. Boxed: with a thousand
+    /// groups, the spare capacity of the map would otherwise hold a thousand empty
+    /// `Slices`.
+    by_principal: HashMap<EntityUid, Box<Slices>>,
 }
 
 /// Statements with the same principal anchor, by their resource anchor.
@@ -938,8 +940,8 @@ struct Bucket {
 struct Slices {
     /// Statements whose resource scope names no entity.
     any_resource: PolicySet,
-    /// Statements by the entity their resource scope names.
-    by_resource: HashMap<EntityUid, PolicySet>,
+    /// Statements by the entity their resource scope names, boxed like `by_principal`.
+    by_resource: HashMap<EntityUid, Box<PolicySet>>,
 }
 
 impl Slices {
@@ -952,7 +954,7 @@ impl Slices {
         std::iter::once(&self.any_resource).chain(
             resource_anchors
                 .iter()
-                .filter_map(|a| self.by_resource.get(a)),
+                .filter_map(|a| self.by_resource.get(a).map(|set| &**set)),
         )
     }
 }
@@ -988,7 +990,7 @@ struct Prepared {
 }
 
 /// Pairs of principal and resource kept per generation of [`EntityCache`].
-const ENTITY_CACHE_GENERATION: usize = 512;
+const ENTITY_CACHE_GENERATION: usize = 256;
 
 /// Prepared entities of recent (principal, resource) pairs.
 ///
@@ -1254,11 +1256,11 @@ impl PolicyEngine {
                     continue;
                 };
                 let slices = match &principal_anchor {
-                    Some(uid) => bucket.by_principal.entry(uid.clone()).or_default(),
+                    Some(uid) => &mut **bucket.by_principal.entry(uid.clone()).or_default(),
                     None => &mut bucket.any_principal,
                 };
                 let set = match &resource_anchor {
-                    Some(uid) => slices.by_resource.entry(uid.clone()).or_default(),
+                    Some(uid) => &mut **slices.by_resource.entry(uid.clone()).or_default(),
                     None => &mut slices.any_resource,
                 };
                 set.add(statement.clone()).map_err(|e| e.to_string())?;
@@ -1310,7 +1312,7 @@ impl PolicyEngine {
                 prepared
                     .principal_anchors
                     .iter()
-                    .filter_map(|a| bucket.by_principal.get(a)),
+                    .filter_map(|a| bucket.by_principal.get(a).map(|slices| &**slices)),
             )
             .flat_map(|slices| slices.sets(resource_anchors))
             .filter(|set| !set.is_empty());

@@ -78,22 +78,26 @@ pub async fn put_policy(
     ctx.slot.detail("operation", "put_policy");
     ctx.slot.detail("policy", name.clone());
 
-    // The new set must build as a whole before anything is stored.
-    let mut all = state.store.list_policies().await?;
-    all.retain(|p| p.name != name);
-    state
+    // The new set must build as a whole before anything is stored. The engine built to
+    // check it is the one installed after the write.
+    let changing = state.policy_change().await;
+    let rows = state.store.list_policies().await?;
+    let policies: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|p| p.name != name)
+        .map(|p| (p.name.as_str(), p.text.as_str()))
+        .chain(std::iter::once((name.as_str(), body.policy.as_str())))
+        .collect();
+    let engine = state
         .engine()
-        .rebuild(
-            all.iter()
-                .map(|p| (p.name.as_str(), p.text.as_str()))
-                .chain(std::iter::once((name.as_str(), body.policy.as_str()))),
-        )
+        .rebuild(policies.iter().copied())
         .map_err(invalid_policy)?;
 
     state.commit_audit(&ctx).await?;
     let now = chrono::Utc::now().timestamp();
     let created = state.store.put_policy(&name, &body.policy, now).await?;
-    state.reload_policies().await?;
+    state.install_policies(engine, &policies);
+    drop(changing);
     tracing::info!(policy = %name, created, "policy stored");
 
     let row = state
@@ -173,14 +177,26 @@ pub async fn delete_policy(
     state.authorize(&ctx, Action::Admin, &Resource::System, false)?;
     ctx.slot.detail("operation", "delete_policy");
     ctx.slot.detail("policy", name.clone());
-    if state.store.policy(&name).await?.is_none() {
+    let changing = state.policy_change().await;
+    let rows = state.store.list_policies().await?;
+    if !rows.iter().any(|p| p.name == name) {
         return Err(ApiError::not_found(format!(
             "policy `{name}` not found: `lk policy list` shows the policies"
         )));
     }
+    let policies: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|p| p.name != name)
+        .map(|p| (p.name.as_str(), p.text.as_str()))
+        .collect();
+    let engine = state
+        .engine()
+        .rebuild(policies.iter().copied())
+        .map_err(ApiError::internal)?;
     state.commit_audit(&ctx).await?;
     state.store.delete_policy(&name).await?;
-    state.reload_policies().await?;
+    state.install_policies(engine, &policies);
+    drop(changing);
     tracing::info!(policy = %name, "policy deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,10 @@
 //! statement to a connection thread and back, and on the read path those hand-offs cost
 //! more CPU than the Cedar decision and the decryption together. A read that misses the
 //! cache makes one query, [`SecretCache::load`], for the vault, the secret and its current
-//! version together.
+//! version together. Misses that arrive while such a query runs wait for it to end, then
+//! go to the store as one query for all of them. With many secrets read at random most
+//! reads miss, and a query per miss would cost each read a hand-off to the database thread
+//! and a fresh page cache there.
 //!
 //! Vault and secret rows are trusted for at most [`ROW_LIFETIME`], like cached token
 //! lookups. This server drops a secret's entries whenever it writes or deletes that
@@ -17,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use latchkey_store::{SecretRow, SecretVersionRow, Store, StoreResult, VaultRow};
+use latchkey_store::{SecretForRead, SecretRow, SecretVersionRow, Store, StoreResult, VaultRow};
+use tokio::sync::{mpsc, oneshot};
 
 /// How long a cached vault or secret row is trusted.
 pub const ROW_LIFETIME: Duration = Duration::from_secs(1);
@@ -30,6 +34,12 @@ pub const ROW_LIFETIME: Duration = Duration::from_secs(1);
 /// at random, most reads miss whatever the bound, and each miss costs one query) and keeps
 /// the rows read most recently.
 const GENERATION_ENTRIES: usize = 2048;
+
+/// Maximum number of misses read in one query.
+const MAX_BATCH: usize = 128;
+
+/// Capacity of the queue of misses waiting for the batch reader.
+const MISS_QUEUE: usize = 1024;
 
 struct Timed<T> {
     row: Arc<T>,
@@ -93,11 +103,61 @@ struct Entries {
     generation: u64,
 }
 
+/// Tells each miss of a failed batch to query alone.
+fn fail_batch(batch: &mut Vec<Miss>) {
+    for miss in batch.drain(..) {
+        let _ = miss.reply.send(None);
+    }
+}
+
 /// The vault, secret and secret version rows of recent reads.
 #[derive(Default)]
 pub struct SecretCache {
     entries: RwLock<Entries>,
     hasher: RandomState,
+    /// Sends misses to the task that reads them in batches; started by the first miss.
+    misses: OnceLock<mpsc::Sender<Miss>>,
+}
+
+/// A secret to read from the store, and where to send the result. None as the result
+/// means the batch failed, so the reader queries alone and gets its own error.
+struct Miss {
+    vault: String,
+    secret: String,
+    reply: oneshot::Sender<Option<Option<SecretForRead>>>,
+}
+
+/// Reads the misses sent to it. Each batch contains every miss that arrived while the
+/// previous query ran, up to [`MAX_BATCH`]. Ends when the cache is dropped.
+async fn read_batches(store: Arc<dyn Store>, mut misses: mpsc::Receiver<Miss>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while misses.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requested: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|m| (m.vault.as_str(), m.secret.as_str()))
+            .collect();
+        let found = store.secrets_for_read(&requested).await;
+        drop(requested);
+        match found {
+            Ok(found) if found.len() == batch.len() => {
+                for (miss, found) in batch.drain(..).zip(found) {
+                    let _ = miss.reply.send(Some(found));
+                }
+            }
+            Ok(found) => {
+                tracing::warn!(
+                    requested = batch.len(),
+                    returned = found.len(),
+                    "batched secret read returned a different number of results; reading each secret alone"
+                );
+                fail_batch(&mut batch);
+            }
+            Err(error) => {
+                tracing::warn!(%error, secrets = batch.len(), "batched secret read failed; reading each secret alone");
+                fail_batch(&mut batch);
+            }
+        }
+    }
 }
 
 impl SecretCache {
@@ -182,16 +242,21 @@ impl SecretCache {
     }
 
     /// Reads the vault `vault_name`, its secret `secret_name` and that secret's current
-    /// version from the store in one query, and caches them. Returns None when the vault does
-    /// not exist, and no secret when the vault has none of that name.
+    /// version from the store in one query, shared with the misses that arrive meanwhile,
+    /// and caches them. Returns None when the vault does not exist, and no secret when the
+    /// vault has none of that name.
     pub async fn load(
         &self,
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         vault_name: &str,
         secret_name: &str,
     ) -> StoreResult<Option<(Arc<VaultRow>, Option<Arc<SecretRow>>)>> {
         let generation = self.generation();
-        let Some(found) = store.secret_for_read(vault_name, secret_name).await? else {
+        let found = match self.read_in_batch(store, vault_name, secret_name).await {
+            Some(found) => found,
+            None => store.secret_for_read(vault_name, secret_name).await?,
+        };
+        let Some(found) = found else {
             return Ok(None);
         };
         let vault = Arc::new(found.vault);
@@ -199,6 +264,29 @@ impl SecretCache {
         let current = found.current.map(Arc::new);
         self.insert_rows(generation, Some(&vault), secret.as_ref(), current.as_ref());
         Ok(Some((vault, secret)))
+    }
+
+    /// Hands the miss to the batch reader and waits for the result. Returns None when the
+    /// batch failed or the reader is gone.
+    async fn read_in_batch(
+        &self,
+        store: &Arc<dyn Store>,
+        vault_name: &str,
+        secret_name: &str,
+    ) -> Option<Option<SecretForRead>> {
+        let misses = self.misses.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(MISS_QUEUE);
+            tokio::spawn(read_batches(Arc::clone(store), receiver));
+            sender
+        });
+        let (reply, result) = oneshot::channel();
+        let miss = Miss {
+            vault: vault_name.to_owned(),
+            secret: secret_name.to_owned(),
+            reply,
+        };
+        misses.send(miss).await.ok()?;
+        result.await.ok().flatten()
     }
 
     /// Drops the cached row of secret `name` in vault `vault_id` and its versions. Call it
@@ -285,9 +373,10 @@ mod tests {
     #[tokio::test]
     async fn load_caches_vault_secret_and_version() {
         let dir = tempfile::tempdir().unwrap();
-        let store = latchkey_store::SqliteStore::open(&dir.path().join("cache.db"))
+        let sqlite = latchkey_store::SqliteStore::open(&dir.path().join("cache.db"))
             .await
             .unwrap();
+        let store: Arc<dyn Store> = Arc::new(sqlite);
         let vault = VaultRow {
             id: "vlt_1".into(),
             name: "prod".into(),
@@ -324,6 +413,74 @@ mod tests {
         cache.insert_rows(generation, None, Some(&secret(1)), Some(&version(1)));
         assert!(cache.secret("vlt_1", "db").is_none());
         assert!(cache.version("sec_1", 1).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_get_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = latchkey_store::SqliteStore::open(&dir.path().join("batch.db"))
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(sqlite);
+        for v in 0..4 {
+            let vault = VaultRow {
+                id: format!("vlt_{v}"),
+                name: format!("v{v}"),
+                tags: Default::default(),
+                wrapped_key: vec![9],
+                created_at: 0,
+            };
+            store.create_vault(&vault).await.unwrap();
+            for k in 0..25 {
+                let secret_id = format!("sec_{v}_{k}");
+                let secret = SecretRow {
+                    id: secret_id.clone(),
+                    vault_id: vault.id.clone(),
+                    name: format!("k{k}"),
+                    ..(*secret(1)).clone()
+                };
+                let version = SecretVersionRow {
+                    secret_id,
+                    ciphertext: vec![v, k],
+                    ..(*version(1)).clone()
+                };
+                store
+                    .put_secret_version(None, &secret, &version)
+                    .await
+                    .unwrap();
+            }
+        }
+        let cache = Arc::new(SecretCache::default());
+        let mut reads = tokio::task::JoinSet::new();
+        for round in 0..3u8 {
+            for v in 0..5u8 {
+                for k in 0..26u8 {
+                    let (cache, store) = (Arc::clone(&cache), Arc::clone(&store));
+                    reads.spawn(async move {
+                        let (vault, secret) = (format!("v{v}"), format!("k{k}"));
+                        let found = cache.load(&store, &vault, &secret).await.unwrap();
+                        (round, v, k, found)
+                    });
+                }
+            }
+        }
+        while let Some(read) = reads.join_next().await {
+            let (_, v, k, found) = read.unwrap();
+            match found {
+                None => assert_eq!(v, 4, "only vault v4 is missing"),
+                Some((vault, secret)) => {
+                    assert_eq!(vault.name, format!("v{v}"));
+                    match secret {
+                        None => assert_eq!(k, 25, "only secret k25 is missing"),
+                        Some(secret) => {
+                            assert_eq!(secret.id, format!("sec_{v}_{k}"));
+                            let version = cache.version(&secret.id, 1).unwrap();
+                            assert_eq!(version.ciphertext, vec![v, k]);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

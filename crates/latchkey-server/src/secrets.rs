@@ -186,7 +186,7 @@ async fn cached_vault(
     }
     match state
         .secret_cache
-        .load(state.store.as_ref(), vault_name, secret_name)
+        .load(&state.store, vault_name, secret_name)
         .await?
     {
         Some((row, _)) => Ok((*row).clone()),
@@ -213,7 +213,7 @@ async fn cached_secret(
     }
     match state
         .secret_cache
-        .load(state.store.as_ref(), &vault.name, secret_name)
+        .load(&state.store, &vault.name, secret_name)
         .await?
     {
         Some((loaded, secret)) if loaded.id == vault.id => Ok(secret.map(|s| (*s).clone())),

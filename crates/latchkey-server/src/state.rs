@@ -62,6 +62,9 @@ pub struct AppState {
     pub policies: RwLock<Arc<PolicyEngine>>,
     /// SHA-256 over the stored policies the engine was built from.
     policy_fingerprint: std::sync::Mutex<[u8; 32]>,
+    /// Held while the policies change, so that this server builds one engine at a time
+    /// and never installs an engine built from older policies over a newer one.
+    policy_changes: tokio::sync::Mutex<()>,
     pub tokens: TokenCache,
     pub secret_cache: SecretCache,
     pub audit: AuditLog,
@@ -119,6 +122,7 @@ impl AppState {
             keyring,
             policies: RwLock::new(Arc::new(engine)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint),
+            policy_changes: tokio::sync::Mutex::new(()),
             tokens: TokenCache::default(),
             secret_cache: SecretCache::default(),
             audit,
@@ -137,29 +141,38 @@ impl AppState {
             .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
-    /// Rebuilds the policy engine from the store after a policy changed. Only the policies
-    /// that changed are checked again.
-    pub async fn reload_policies(&self) -> ApiResult<()> {
-        let rows = self.store.list_policies().await?;
-        let engine = self
-            .engine()
-            .rebuild(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))
-            .map_err(ApiError::internal)?;
-        let fingerprint = policy_fingerprint(&rows);
-        if let Ok(mut guard) = self.policies.write() {
-            *guard = Arc::new(engine);
-        }
+    /// Waits until no other policy change runs on this server. Hold the guard while
+    /// building an engine, storing the change and installing the engine with
+    /// [`AppState::install_policies`].
+    pub async fn policy_change(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.policy_changes.lock().await
+    }
+
+    /// Makes `engine`, built from `policies` (name and text), the one that decides from now
+    /// on. Call it while holding the guard of [`AppState::policy_change`].
+    pub fn install_policies(&self, engine: PolicyEngine, policies: &[(&str, &str)]) {
+        let fingerprint = policy_fingerprint(policies.iter().copied());
+        let previous = match self.policies.write() {
+            Ok(mut guard) => std::mem::replace(&mut *guard, Arc::new(engine)),
+            Err(_) => return,
+        };
         if let Ok(mut guard) = self.policy_fingerprint.lock() {
             *guard = fingerprint;
         }
-        Ok(())
+        // The engine replaced here is freed once the last request deciding with it ends.
+        drop(previous);
     }
 
     /// Rebuilds the engine when the stored policies differ from the ones it was built from,
     /// which happens when another server on the same database changed them.
     pub async fn refresh_policies(&self) -> anyhow::Result<bool> {
+        let _changing = self.policy_change().await;
         let rows = self.store.list_policies().await?;
-        let fingerprint = policy_fingerprint(&rows);
+        let policies: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|p| (p.name.as_str(), p.text.as_str()))
+            .collect();
+        let fingerprint = policy_fingerprint(policies.iter().copied());
         let current = self
             .policy_fingerprint
             .lock()
@@ -168,15 +181,8 @@ impl AppState {
         if fingerprint == current {
             return Ok(false);
         }
-        let engine = self
-            .engine()
-            .rebuild(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
-        if let Ok(mut guard) = self.policies.write() {
-            *guard = Arc::new(engine);
-        }
-        if let Ok(mut guard) = self.policy_fingerprint.lock() {
-            *guard = fingerprint;
-        }
+        let engine = self.engine().rebuild(policies.iter().copied())?;
+        self.install_policies(engine, &policies);
         tracing::info!(
             policies = rows.len(),
             "policies changed in the store; reloaded"
@@ -315,14 +321,18 @@ impl AppState {
 
 async fn load_policy_engine(store: &dyn Store) -> anyhow::Result<(PolicyEngine, [u8; 32])> {
     let rows = store.list_policies().await?;
-    let engine = PolicyEngine::new(rows.iter().map(|p| (p.name.as_str(), p.text.as_str())))?;
-    Ok((engine, policy_fingerprint(&rows)))
+    let policies = rows.iter().map(|p| (p.name.as_str(), p.text.as_str()));
+    let engine = PolicyEngine::new(policies.clone())?;
+    Ok((engine, policy_fingerprint(policies)))
 }
 
-fn policy_fingerprint(rows: &[latchkey_store::PolicyRow]) -> [u8; 32] {
+/// SHA-256 over policies given as (name, text), in any order.
+fn policy_fingerprint<'a>(policies: impl Iterator<Item = (&'a str, &'a str)>) -> [u8; 32] {
+    let mut sorted: Vec<(&str, &str)> = policies.collect();
+    sorted.sort_unstable();
     let mut text = Vec::new();
-    for row in rows {
-        for part in [row.name.as_bytes(), row.text.as_bytes()] {
+    for (name, body) in sorted {
+        for part in [name.as_bytes(), body.as_bytes()] {
             text.extend_from_slice(&(part.len() as u64).to_be_bytes());
             text.extend_from_slice(part);
         }

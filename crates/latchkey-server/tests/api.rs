@@ -459,6 +459,77 @@ async fn invalid_policy_names_line_and_column() {
     assert_eq!(body["policies"].as_array().unwrap().len(), 0);
 }
 
+/// Overlapping policy writes each build their engine from the policies stored before them.
+/// Once all have returned, every written policy decides and the deleted one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_policy_writes_all_apply() {
+    let h = Arc::new(harness().await);
+    h.seed().await;
+    let (status, _) = h
+        .root(
+            "PUT",
+            "/v1/policies/gone",
+            Some(json!({
+                "policy": r#"forbid(principal in Group::"team0", action, resource in Vault::"prod");"#
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let h = Arc::clone(&h);
+        writes.spawn(async move {
+            let (status, body) = h
+                .root(
+                    "POST",
+                    "/v1/users",
+                    Some(json!({"name": format!("user{n}"), "groups": [format!("team{n}")]})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let policy = format!(
+                r#"permit(principal in Group::"team{n}", action == Action::"read", resource in Vault::"prod");"#
+            );
+            let (status, body) = h
+                .root(
+                    "PUT",
+                    &format!("/v1/policies/team{n}"),
+                    Some(json!({"policy": policy})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        });
+    }
+    let remover = Arc::clone(&h);
+    writes.spawn(async move {
+        let (status, body) = remover.root("DELETE", "/v1/policies/gone", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    });
+    while let Some(write) = writes.join_next().await {
+        write.unwrap();
+    }
+    for n in 0..12 {
+        let (status, body) = h
+            .root(
+                "POST",
+                "/v1/tokens",
+                Some(json!({"user": format!("user{n}"), "ttl": "15m"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().unwrap().to_string();
+        let (status, body) = h
+            .call(
+                "GET",
+                "/v1/read?ref=lk://prod/db/password",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "user{n}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn unauthenticated_request_is_audited_tokenless() {
     let h = harness().await;

@@ -98,7 +98,16 @@ pub trait Store: AuditUpkeep + Send + Sync + 'static {
         &self,
         vault_name: &str,
         secret_name: &str,
-    ) -> StoreResult<Option<SecretForRead>>;
+    ) -> StoreResult<Option<SecretForRead>> {
+        let mut found = self.secrets_for_read(&[(vault_name, secret_name)]).await?;
+        Ok(found.pop().flatten())
+    }
+    /// Reads like [`Store::secret_for_read`] for each (vault name, secret name) pair of
+    /// `requested`, in one query. Returns one entry per pair, in the same order.
+    async fn secrets_for_read(
+        &self,
+        requested: &[(&str, &str)],
+    ) -> StoreResult<Vec<Option<SecretForRead>>>;
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>>;
     /// Writes a new version. `expected` is the secret as the caller read it, or None when it
     /// did not exist. When the stored secret differs, nothing is written and

@@ -450,29 +450,48 @@ impl Store for PostgresStore {
         row.as_ref().map(secret_from_row).transpose()
     }
 
-    async fn secret_for_read(
+    async fn secrets_for_read(
         &self,
-        vault_name: &str,
-        secret_name: &str,
-    ) -> StoreResult<Option<SecretForRead>> {
-        let row = sqlx::query(
-            "SELECT v.id AS v_id, v.name AS v_name, v.tags AS v_tags, \
+        requested: &[(&str, &str)],
+    ) -> StoreResult<Vec<Option<SecretForRead>>> {
+        let mut found: Vec<Option<SecretForRead>> = vec![None; requested.len()];
+        if requested.is_empty() {
+            return Ok(found);
+        }
+        let vaults: Vec<&str> = requested.iter().map(|(vault, _)| *vault).collect();
+        let secrets: Vec<&str> = requested.iter().map(|(_, secret)| *secret).collect();
+        let rows = sqlx::query(
+            "SELECT w.i AS w_index, v.id AS v_id, v.name AS v_name, v.tags AS v_tags, \
              v.wrapped_key AS v_wrapped_key, v.created_at AS v_created_at, s.id AS s_id, \
              s.name AS s_name, s.tags AS s_tags, s.current_version AS s_current_version, \
              s.created_at AS s_created_at, s.updated_at AS s_updated_at, \
              sv.field_names AS sv_field_names, sv.ciphertext AS sv_ciphertext, \
              sv.created_at AS sv_created_at, sv.created_by AS sv_created_by \
-             FROM vaults v \
-             LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = $2 \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(vault, secret, i) \
+             JOIN vaults v ON v.name = w.vault \
+             LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = w.secret \
              LEFT JOIN secret_versions sv \
-             ON sv.secret_id = s.id AND sv.version = s.current_version \
-             WHERE v.name = $1",
+             ON sv.secret_id = s.id AND sv.version = s.current_version",
         )
-        .bind(vault_name)
-        .bind(secret_name)
-        .fetch_optional(&self.pool)
+        .bind(&vaults)
+        .bind(&secrets)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(secret_for_read_from_row).transpose()
+        for row in &rows {
+            // WITH ORDINALITY counts from 1.
+            let index: i64 = row.try_get("w_index")?;
+            let entry = usize::try_from(index - 1)
+                .ok()
+                .and_then(|i| found.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "batched secret read returned index {index} for {} requested secrets",
+                        requested.len()
+                    ))
+                })?;
+            *entry = Some(secret_for_read_from_row(row)?);
+        }
+        Ok(found)
     }
 
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>> {

@@ -58,16 +58,20 @@ const TOKEN_ROWS_PER_INSERT: usize = 3000;
 const APPENDS_PER_CHECKPOINT: u32 = 32;
 
 /// A vault, one of its secrets and that secret's current version.
-const SECRET_FOR_READ: &str = "SELECT v.id AS v_id, v.name AS v_name, v.tags AS v_tags, \
-     v.wrapped_key AS v_wrapped_key, v.created_at AS v_created_at, s.id AS s_id, \
-     s.name AS s_name, s.tags AS s_tags, s.current_version AS s_current_version, \
+/// The vault, secret and current version of each `[vault name, secret name]` pair in the
+/// JSON array bound as `?1`, with the pair's index as `w_index`. A pair whose vault does not
+/// exist has no row. `CROSS JOIN` makes the pairs the outer loop, so each pair costs
+/// three index lookups.
+const SECRETS_FOR_READ: &str = "SELECT w.key AS w_index, v.id AS v_id, v.name AS v_name, \
+     v.tags AS v_tags, v.wrapped_key AS v_wrapped_key, v.created_at AS v_created_at, \
+     s.id AS s_id, s.name AS s_name, s.tags AS s_tags, s.current_version AS s_current_version, \
      s.created_at AS s_created_at, s.updated_at AS s_updated_at, \
      sv.field_names AS sv_field_names, sv.ciphertext AS sv_ciphertext, \
      sv.created_at AS sv_created_at, sv.created_by AS sv_created_by \
-     FROM vaults v \
-     LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = ?2 \
-     LEFT JOIN secret_versions sv ON sv.secret_id = s.id AND sv.version = s.current_version \
-     WHERE v.name = ?1";
+     FROM json_each(?1) AS w \
+     CROSS JOIN vaults v ON v.name = w.value ->> 0 \
+     LEFT JOIN secrets s ON s.vault_id = v.id AND s.name = w.value ->> 1 \
+     LEFT JOIN secret_versions sv ON sv.secret_id = s.id AND sv.version = s.current_version";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -79,6 +83,12 @@ pub struct SqliteStore {
     audit: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     /// Options of the audit connection.
     audit_options: SqliteConnectOptions,
+    /// The connection [`Store::secrets_for_read`] runs on. It is outside the pool for the
+    /// same reasons, and because a pooled connection costs a round trip to its thread on
+    /// release.
+    reader: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    /// Options of the reader connection.
+    reader_options: SqliteConnectOptions,
     /// Appends since the last checkpoint was started, whether one is running, and whether
     /// the audit connection should checkpoint the rest of the log.
     appends: Arc<AtomicU32>,
@@ -115,10 +125,11 @@ impl SqliteStore {
         // disk, once the pages are in the OS cache. Every commit (one per audit batch) makes
         // each connection drop its page cache at its next query, so a large cache per
         // connection only takes memory. 1 MiB each is enough for the pages of one query.
+        let reader_options = options.clone().pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
-            .connect_with(options.clone().pragma("cache_size", "-1024"))
+            .connect_with(reader_options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
         // Statement journals of the audit transactions stay in memory rather than in a
@@ -130,6 +141,8 @@ impl SqliteStore {
             pool,
             audit: Arc::new(tokio::sync::Mutex::new(None)),
             audit_options,
+            reader: Arc::new(tokio::sync::Mutex::new(None)),
+            reader_options,
             appends: Arc::new(AtomicU32::new(0)),
             checkpointing: Arc::new(AtomicBool::new(false)),
             finish_checkpoint: Arc::new(AtomicBool::new(false)),
@@ -397,17 +410,48 @@ impl Store for SqliteStore {
         row.as_ref().map(secret_from_row).transpose()
     }
 
-    async fn secret_for_read(
+    async fn secrets_for_read(
         &self,
-        vault_name: &str,
-        secret_name: &str,
-    ) -> StoreResult<Option<SecretForRead>> {
-        let row = sqlx::query(SECRET_FOR_READ)
-            .bind(vault_name)
-            .bind(secret_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(secret_for_read_from_row).transpose()
+        requested: &[(&str, &str)],
+    ) -> StoreResult<Vec<Option<SecretForRead>>> {
+        let mut found: Vec<Option<SecretForRead>> = vec![None; requested.len()];
+        if requested.is_empty() {
+            return Ok(found);
+        }
+        let pairs = serde_json::to_string(requested)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode the secrets to read: {e}")))?;
+        let mut slot = self.reader.lock().await;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(self.reader_options.connect().await?),
+        };
+        let rows = match sqlx::query(SECRETS_FOR_READ)
+            .bind(pairs)
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                // The next call starts on a new connection.
+                *slot = None;
+                return Err(error.into());
+            }
+        };
+        drop(slot);
+        for row in &rows {
+            let index: i64 = row.try_get("w_index")?;
+            let entry = usize::try_from(index)
+                .ok()
+                .and_then(|i| found.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "batched secret read returned index {index} for {} requested secrets",
+                        requested.len()
+                    ))
+                })?;
+            *entry = Some(secret_for_read_from_row(row)?);
+        }
+        Ok(found)
     }
 
     async fn list_secrets(&self, vault_id: &str) -> StoreResult<Vec<SecretRow>> {

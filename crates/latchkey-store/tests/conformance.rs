@@ -691,6 +691,70 @@ async fn secret_for_read_joins_vault_secret_and_current_version(store: &dyn Stor
     assert!(other.secret.is_none());
 }
 
+async fn secrets_for_read_keeps_request_order(store: &dyn Store) {
+    assert!(store.secrets_for_read(&[]).await.unwrap().is_empty());
+    store.create_vault(&vault("v1", "prod")).await.unwrap();
+    store.create_vault(&vault("v2", "staging")).await.unwrap();
+    for (id, vault_id, name) in [("s1", "v1", "db"), ("s2", "v1", "api"), ("s3", "v2", "db")] {
+        let row = SecretRow {
+            id: id.into(),
+            vault_id: vault_id.into(),
+            name: name.into(),
+            tags: BTreeMap::new(),
+            current_version: 1,
+            created_at: 1,
+            updated_at: 1,
+        };
+        store
+            .put_secret_version(None, &row, &version(id, 1))
+            .await
+            .unwrap();
+    }
+
+    // Names that quote or escape in JSON or SQL reach the store unchanged.
+    let odd = "it's \"odd\" \\ ünïcode";
+    let requested = [
+        ("staging", "db"),
+        ("prod", "api"),
+        ("nowhere", "db"),
+        ("prod", "missing"),
+        ("prod", "api"),
+        (odd, odd),
+        ("prod", "db"),
+    ];
+
+    let found = store.secrets_for_read(&requested).await.unwrap();
+    assert_eq!(found.len(), requested.len());
+    let secret_id = |i: usize| {
+        found[i]
+            .as_ref()
+            .and_then(|f| f.secret.as_ref())
+            .map(|s| s.id.as_str())
+    };
+    assert_eq!(secret_id(0), Some("s3"));
+    assert_eq!(secret_id(1), Some("s2"));
+    assert!(found[2].is_none(), "no such vault");
+    assert_eq!(found[3].as_ref().map(|f| f.vault.id.as_str()), Some("v1"));
+    assert_eq!(secret_id(3), None, "no such secret in the vault");
+    assert_eq!(
+        secret_id(4),
+        Some("s2"),
+        "a pair asked twice is answered twice"
+    );
+    assert!(found[5].is_none());
+    assert_eq!(secret_id(6), Some("s1"));
+    assert!(found[6].as_ref().unwrap().current == Some(version("s1", 1)));
+
+    // Each result is what the single read gives.
+    for (i, (vault_name, secret_name)) in requested.iter().enumerate() {
+        let alone = store
+            .secret_for_read(vault_name, secret_name)
+            .await
+            .unwrap();
+        assert!(alone == found[i], "pair {i}");
+    }
+}
+
 async fn audit_search_by_request_and_grant(store: &dyn Store) {
     let head = store.audit_head().await.unwrap();
     let mut events = Vec::new();
@@ -1814,6 +1878,7 @@ mod sqlite_backend {
     sqlite_case!(vaults_are_unique);
     sqlite_case!(secret_versions_use_optimistic_concurrency);
     sqlite_case!(secret_for_read_joins_vault_secret_and_current_version);
+    sqlite_case!(secrets_for_read_keeps_request_order);
     sqlite_case!(principals_and_groups);
     sqlite_case!(tokens_revoke_and_renew);
     sqlite_case!(policies_replace_by_name);
@@ -2070,6 +2135,7 @@ mod postgres_backend {
     postgres_case!(vaults_are_unique);
     postgres_case!(secret_versions_use_optimistic_concurrency);
     postgres_case!(secret_for_read_joins_vault_secret_and_current_version);
+    postgres_case!(secrets_for_read_keeps_request_order);
     postgres_case!(principals_and_groups);
     postgres_case!(tokens_revoke_and_renew);
     postgres_case!(policies_replace_by_name);
