@@ -57,6 +57,21 @@ impl CliError {
         CliError { exit_code, message }
     }
 
+    /// Returns the error for a reader of standard output that went away, as in
+    /// `lk audit search | head -1`. The command then ends with exit code 0 and no message,
+    /// like other Unix tools.
+    pub fn output_closed() -> CliError {
+        CliError {
+            exit_code: 0,
+            message: String::new(),
+        }
+    }
+
+    /// Returns true for [`CliError::output_closed`].
+    pub fn is_output_closed(&self) -> bool {
+        self.exit_code == 0 && self.message.is_empty()
+    }
+
     pub fn context(mut self, prefix: impl fmt::Display) -> CliError {
         self.message = format!("{prefix}: {}", self.message);
         self
@@ -77,6 +92,9 @@ impl From<anyhow::Error> for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(error: std::io::Error) -> CliError {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            return CliError::output_closed();
+        }
         CliError::other(error.to_string())
     }
 }

@@ -1,5 +1,23 @@
 //! `lk`: the Latchkey command line.
 
+/// Prints to standard output like `print!`. When the reader went away (`lk ... | head`),
+/// ends the process quietly with exit code 0 instead of panicking as `print!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Prints a line to standard output like `println!`, with the behavior of [`out!`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod child;
 mod client;
 mod commands;
@@ -170,6 +188,7 @@ fn main() {
     };
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
+        Err(error) if error.is_output_closed() => error.exit_code,
         Err(error) => {
             eprintln!("lk: {error}");
             error.exit_code

@@ -4,6 +4,19 @@ use std::io::Write;
 
 use clap::ValueEnum;
 
+/// Writes to standard output for [`out!`] and [`outln!`]. A closed pipe ends the process
+/// with exit code 0, and any other write error with exit code 1 and a message.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let Err(error) = std::io::stdout().lock().write_fmt(args) else {
+        return;
+    };
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("lk: writing to standard output failed: {error}");
+    std::process::exit(crate::error::EXIT_ERROR);
+}
+
 /// The global `--format`. Most commands print a table or JSON; `lk audit export` also
 /// writes JSON Lines or CSV, and `lk report access` Markdown, CSV or HTML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -67,7 +80,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 pub fn json(value: &impl serde::Serialize) {
     if let Ok(text) = serde_json::to_string_pretty(value) {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 

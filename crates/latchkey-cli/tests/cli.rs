@@ -1395,6 +1395,31 @@ fn audit_tail_shows_exactly_n_events() {
             stdout(&output)
         );
     }
+    // A reader that stops early, as `| head -1` does, ends the command quietly.
+    for args in [&["audit", "tail", "-n", "10"][..], &["whoami"][..]] {
+        let mut child = Command::new(LK)
+            .args(args)
+            .env("LATCHKEY_ADDR", &server.addr)
+            .env(
+                "LATCHKEY_CONFIG_DIR",
+                server.data_dir.with_extension("config"),
+            )
+            .env("LATCHKEY_TOKEN", server.root.as_deref().unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "lk {args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(stderr(&output), "", "lk {args:?}");
+    }
+
     let not_json = work.path().join("notes.txt");
     std::fs::write(&not_json, "not an export\n").unwrap();
     let output = server.lk(

@@ -71,8 +71,7 @@ fn jwt_response(r: &JwtRole) -> JwtRoleResponse {
 
 /// Reloads the connectors from the store so a change applies on this node at once.
 async fn reload(state: &SharedState) -> ApiResult<()> {
-    let rows = state.store.list_connectors().await?;
-    state.identity.refresh(&rows);
+    state.refresh_connectors().await?;
     Ok(())
 }
 

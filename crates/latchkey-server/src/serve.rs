@@ -292,7 +292,11 @@ pub async fn serve(options: ServeOptions, out: &mut (dyn Write + Send)) -> anyho
         loop {
             ticks.tick().await;
             let refreshed = match watched.refresh_policies().await {
-                Ok(changed) => watched.refresh_connectors().await.map(|_| changed),
+                Ok(changed) => watched
+                    .refresh_connectors()
+                    .await
+                    .map(|_| changed)
+                    .map_err(anyhow::Error::from),
                 Err(error) => Err(error),
             };
             match refreshed {

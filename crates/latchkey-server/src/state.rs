@@ -65,6 +65,9 @@ pub struct AppState {
     /// Held while the policies change, so that this server builds one engine at a time
     /// and never installs an engine built from older policies over a newer one.
     policy_changes: tokio::sync::Mutex<()>,
+    /// Held while the connectors are listed and installed, so that a listing older than
+    /// the installed one never replaces it.
+    connector_changes: tokio::sync::Mutex<()>,
     pub tokens: TokenCache,
     pub secret_cache: SecretCache,
     pub audit: AuditLog,
@@ -123,6 +126,7 @@ impl AppState {
             policies: RwLock::new(Arc::new(engine)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint),
             policy_changes: tokio::sync::Mutex::new(()),
+            connector_changes: tokio::sync::Mutex::new(()),
             tokens: TokenCache::default(),
             secret_cache: SecretCache::default(),
             audit,
@@ -190,9 +194,10 @@ impl AppState {
         Ok(true)
     }
 
-    /// Rebuilds the identity connectors when another server on the same database changed
-    /// them.
-    pub async fn refresh_connectors(&self) -> anyhow::Result<bool> {
+    /// Rebuilds the identity connectors when the stored ones changed, on this server or
+    /// another one on the same database.
+    pub async fn refresh_connectors(&self) -> latchkey_store::StoreResult<bool> {
+        let _changing = self.connector_changes.lock().await;
         let rows = self.store.list_connectors().await?;
         Ok(self.identity.refresh(&rows))
     }

@@ -372,7 +372,7 @@ fn print_request(r: &serde_json::Value) {
     ];
     lines.retain(|(_, v)| !v.is_empty());
     for (key, value) in lines {
-        println!("{:<11} {value}", format!("{key}:"));
+        outln!("{:<11} {value}", format!("{key}:"));
     }
     if let Some(reviews) = r["reviews"].as_array() {
         for review in reviews {
@@ -382,7 +382,7 @@ fn print_request(r: &serde_json::Value) {
                 "deny" => "denied",
                 _ => "reviewed",
             };
-            println!(
+            outln!(
                 "{:<11} {} {verdict} at {}{}",
                 "review:",
                 text(review, "reviewer"),
@@ -406,7 +406,7 @@ pub async fn request(args: RequestArgs, format: Format) -> CliResult<()> {
         if format == Format::Json {
             output::json(&request);
         } else {
-            println!("cancelled request {id}");
+            outln!("cancelled request {id}");
         }
         return Ok(());
     }
@@ -422,17 +422,17 @@ pub async fn request(args: RequestArgs, format: Format) -> CliResult<()> {
     let id = text(&request, "id");
     if format != Format::Json {
         match text(&request, "kind").as_str() {
-            "break_glass" => println!(
+            "break_glass" => outln!(
                 "break-glass access granted until {} (grant {}); every read under it is flagged in the audit log, and configured webhooks are notified",
                 grant_end(&client, &request).await,
                 text(&request, "grant")
             ),
-            "auto" => println!(
+            "auto" => outln!(
                 "request {id} approved by policy; access lasts {} (grant {})",
                 text(&request, "duration"),
                 text(&request, "grant")
             ),
-            _ => println!(
+            _ => outln!(
                 "request {id} is pending: it needs {} approval(s) before {}",
                 request["approvals_required"].as_i64().unwrap_or(1),
                 text(&request, "expires_at")
@@ -527,7 +527,7 @@ pub async fn review(args: ReviewArgs, approve: bool, format: Format) -> CliResul
         return Ok(());
     }
     match text(&request, "status").as_str() {
-        "approved" => println!(
+        "approved" => outln!(
             "approved request {}: grant {} for {} gives {} access to {}",
             args.id,
             text(&request, "grant"),
@@ -542,8 +542,8 @@ pub async fn review(args: ReviewArgs, approve: bool, format: Format) -> CliResul
                     .join(" "))
                 .unwrap_or_default()
         ),
-        "denied" => println!("denied request {}", args.id),
-        _ => println!(
+        "denied" => outln!("denied request {}", args.id),
+        _ => outln!(
             "approved request {}: {}/{} approvals so far",
             args.id,
             request["approvals"].as_i64().unwrap_or(0),
@@ -635,7 +635,7 @@ pub async fn grant(command: GrantCommand, format: Format) -> CliResult<()> {
         return Ok(());
     }
     if let GrantCommand::Revoke { id, .. } = &command {
-        println!("revoked grant {id}");
+        outln!("revoked grant {id}");
         return Ok(());
     }
     let mut lines = vec![
@@ -666,7 +666,7 @@ pub async fn grant(command: GrantCommand, format: Format) -> CliResult<()> {
     ];
     lines.retain(|(_, v)| !v.is_empty());
     for (key, value) in lines {
-        println!("{:<12} {value}", format!("{key}:"));
+        outln!("{:<12} {value}", format!("{key}:"));
     }
     Ok(())
 }

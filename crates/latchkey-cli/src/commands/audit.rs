@@ -216,7 +216,7 @@ async fn all_checkpoints(client: &Client) -> CliResult<Vec<Checkpoint>> {
 fn print_event(event: &AuditEvent, format: Format) {
     if format == Format::Json {
         if let Ok(line) = serde_json::to_string(event) {
-            println!("{line}");
+            outln!("{line}");
         }
         return;
     }
@@ -239,7 +239,7 @@ fn print_event(event: &AuditEvent, format: Format) {
     for (key, value) in &r.detail {
         line.push_str(&format!("  {key}={value}"));
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 fn outcome_name(outcome: Outcome) -> &'static str {
@@ -554,14 +554,17 @@ async fn verify(
                     "signatures_checked": signed,
                 }));
             } else {
-                println!(
+                outln!(
                     "audit chain intact: {} events from {source}, last sequence {}, head hash {}",
-                    s.chain.events, s.chain.last_seq, s.chain.head_hash
+                    s.chain.events,
+                    s.chain.last_seq,
+                    s.chain.head_hash
                 );
                 if signed {
-                    println!(
+                    outln!(
                         "{} signed checkpoints verified, the last at sequence {}",
-                        s.checkpoints, s.last_checkpoint_seq
+                        s.checkpoints,
+                        s.last_checkpoint_seq
                     );
                 } else {
                     eprintln!(
@@ -725,12 +728,12 @@ async fn purge(yes: bool, format: Format) -> CliResult<i32> {
         return Ok(0);
     }
     let number = |key: &str| plan[key].as_u64().unwrap_or(0);
-    println!(
+    outln!(
         "retention {} (events before {} are past it)",
         crate::commands::text(&plan, "retention"),
         crate::commands::text(&plan, "cutoff")
     );
-    println!(
+    outln!(
         "stored events {}..{}; purgeable below: age {}, exports {}, sinks {}",
         number("first_seq"),
         number("head_seq"),
@@ -739,18 +742,18 @@ async fn purge(yes: bool, format: Format) -> CliResult<i32> {
         number("sink_bound")
     );
     if number("events") == 0 {
-        println!(
+        outln!(
             "nothing to purge; limited by {}",
             crate::commands::text(&plan, "limited_by")
         );
     } else if yes {
-        println!(
+        outln!(
             "purged {} events; the log now starts at the signed checkpoint {}",
             number("events"),
             number("purge_before")
         );
     } else {
-        println!(
+        outln!(
             "would purge {} events ({}..{}), keeping the signed checkpoint {}; limited by {}",
             number("events"),
             number("first_seq"),
@@ -758,7 +761,7 @@ async fn purge(yes: bool, format: Format) -> CliResult<i32> {
             number("purge_before"),
             crate::commands::text(&plan, "limited_by")
         );
-        println!("run `lk audit purge --yes` to delete them");
+        outln!("run `lk audit purge --yes` to delete them");
     }
     Ok(0)
 }
@@ -870,10 +873,12 @@ pub async fn run(command: AuditCommand, format: Format) -> CliResult<i32> {
                     })?;
                     eprintln!("wrote audit key `{}` to {}", key.key_id, path.display());
                 }
-                None if format == Format::Json => println!("{text}"),
-                None => println!(
+                None if format == Format::Json => outln!("{text}"),
+                None => outln!(
                     "key id     {}\nalgorithm  {}\npublic key {}",
-                    key.key_id, key.algorithm, key.public_key
+                    key.key_id,
+                    key.algorithm,
+                    key.public_key
                 ),
             }
             Ok(0)

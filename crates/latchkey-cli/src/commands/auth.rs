@@ -282,7 +282,7 @@ fn show(kind: &str, value: &Value, format: Format) {
         output::json(value);
         return;
     }
-    println!(
+    outln!(
         "{kind} `{}` ({})",
         text(value, "name"),
         text(value, "source")
@@ -294,11 +294,11 @@ fn show(kind: &str, value: &Value, format: Format) {
                 Value::Array(_) => list_text(setting),
                 other => other.to_string(),
             };
-            println!("  {key:<18} {shown}");
+            outln!("  {key:<18} {shown}");
         }
     }
     if value.get("has_client_secret").is_some() {
-        println!(
+        outln!(
             "  {:<18} {}",
             "client secret",
             if value["has_client_secret"] == true {
@@ -308,8 +308,8 @@ fn show(kind: &str, value: &Value, format: Format) {
             }
         );
     }
-    println!("  {:<18} {}", "token ttl", text(value, "ttl"));
-    println!("  {:<18} {}", "token max ttl", text(value, "max_ttl"));
+    outln!("  {:<18} {}", "token ttl", text(value, "ttl"));
+    outln!("  {:<18} {}", "token max ttl", text(value, "max_ttl"));
 }
 
 pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
@@ -359,7 +359,7 @@ pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&saved);
             } else {
-                println!("saved OIDC connector {}", args.name);
+                outln!("saved OIDC connector {}", args.name);
             }
         }
         AuthCommand::Oidc(OidcCommand::Show { name }) => {
@@ -372,7 +372,7 @@ pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
             client
                 .delete(&["v1", "auth", "oidc", "connectors", &name])
                 .await?;
-            println!("deleted OIDC connector {name}");
+            outln!("deleted OIDC connector {name}");
         }
         AuthCommand::Jwt(JwtCommand::Set(args)) => {
             let body = jwt_body(&args)?;
@@ -382,7 +382,7 @@ pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&saved);
             } else {
-                println!(
+                outln!(
                     "saved JWT role {} ({}, tokens {} up to {})",
                     args.name,
                     args.kind,
@@ -399,7 +399,7 @@ pub async fn run(command: AuthCommand, format: Format) -> CliResult<()> {
             client
                 .delete(&["v1", "auth", "jwt", "roles", &name])
                 .await?;
-            println!("deleted JWT role {name}");
+            outln!("deleted JWT role {name}");
         }
     }
     Ok(())

@@ -164,13 +164,13 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
         if format == Format::Json {
             output::json(&me);
         } else {
-            println!(
+            outln!(
                 "signed in as {} (token {} expires {})",
                 text(&me, "principal"),
                 text(&me["token"], "accessor"),
                 text(&me["token"], "expires_at")
             );
-            println!("token stored in {}", path.display());
+            outln!("token stored in {}", path.display());
         }
         return Ok(());
     }
@@ -218,7 +218,7 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
                     .join(", ")
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "signed in as {} ({}; groups: {})",
             text(&session.body, "principal"),
             describe_method(&text(&session.body, "method")),
@@ -228,7 +228,7 @@ pub async fn login(args: LoginArgs, format: Format) -> CliResult<()> {
                 groups
             }
         );
-        println!(
+        outln!(
             "token {} expires {}; stored in {}",
             text(&session.body, "accessor"),
             text(&session.body, "expires_at"),
@@ -534,8 +534,8 @@ pub async fn logout() -> CliResult<()> {
     std::fs::remove_file(&path)
         .map_err(|e| CliError::other(format!("cannot remove `{}`: {e}", path.display())))?;
     match revoked {
-        Ok(_) => println!("token revoked and removed"),
-        Err(_) => println!("the stored token was no longer valid; removed it"),
+        Ok(_) => outln!("token revoked and removed"),
+        Err(_) => outln!("the stored token was no longer valid; removed it"),
     }
     Ok(())
 }
@@ -556,8 +556,8 @@ pub async fn whoami(format: Format) -> CliResult<()> {
                 .join(", ")
         })
         .unwrap_or_default();
-    println!("principal:  {}", text(&me, "principal"));
-    println!(
+    outln!("principal:  {}", text(&me, "principal"));
+    outln!(
         "groups:     {}",
         if groups.is_empty() {
             "-".to_string()
@@ -565,14 +565,14 @@ pub async fn whoami(format: Format) -> CliResult<()> {
             groups
         }
     );
-    println!(
+    outln!(
         "token:      {} ({})",
         text(&me["token"], "accessor"),
         text(&me["token"], "kind")
     );
-    println!("expires:    {}", text(&me["token"], "expires_at"));
-    println!("max expiry: {}", text(&me["token"], "max_expires_at"));
-    println!(
+    outln!("expires:    {}", text(&me["token"], "expires_at"));
+    outln!("max expiry: {}", text(&me["token"], "max_expires_at"));
+    outln!(
         "session:    {}",
         describe_method(&text(&me["token"], "created_by"))
     );

@@ -174,19 +174,21 @@ fn print_report(report: &CopyReport, from: &str, to: &str, format: Format) {
         }));
         return;
     }
-    println!("copied {from} to {to}");
+    outln!("copied {from} to {to}");
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
         .map(|(name, rows)| vec![name.to_string(), rows.to_string()])
         .collect();
     output::table(&["TABLE", "ROWS"], &rows);
-    println!(
+    outln!(
         "audit chain verified at the destination: {} events, last sequence {}, head hash {}",
-        summary.chain.events, summary.chain.last_seq, summary.chain.head_hash
+        summary.chain.events,
+        summary.chain.last_seq,
+        summary.chain.head_hash
     );
     if summary.checkpoints == 0 {
-        println!(
+        outln!(
             "no signed checkpoints to match yet (by default a server signs one every 1000 events or 60 seconds)"
         );
     } else {
@@ -195,12 +197,13 @@ fn print_report(report: &CopyReport, from: &str, to: &str, format: Format) {
         } else {
             "signatures not checked (give `--public-key` to check them)"
         };
-        println!(
+        outln!(
             "{} checkpoints match the chain, the last at sequence {}; {signatures}",
-            summary.checkpoints, summary.last_checkpoint_seq
+            summary.checkpoints,
+            summary.last_checkpoint_seq
         );
     }
-    println!(
+    outln!(
         "start every `lk server` with storage = \"{to}\", and keep the SQLite file until the new deployment works"
     );
 }

@@ -96,10 +96,10 @@ pub async fn run(command: OperatorCommand, format: Format) -> CliResult<()> {
                 output::json(&response);
                 return Ok(());
             }
-            println!("Root token: {}", text(&response, "root_token"));
+            outln!("Root token: {}", text(&response, "root_token"));
             if let Some(list) = response["shares"].as_array().filter(|l| !l.is_empty()) {
                 for (i, share) in list.iter().enumerate() {
-                    println!(
+                    outln!(
                         "Unseal share {}: {}",
                         i + 1,
                         share.as_str().unwrap_or_default()
@@ -126,9 +126,9 @@ pub async fn run(command: OperatorCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else if response["sealed"].as_bool() == Some(false) {
-                println!("unsealed");
+                outln!("unsealed");
             } else {
-                println!(
+                outln!(
                     "sealed: {}/{} shares submitted",
                     text(&response, "progress"),
                     text(&response, "threshold")
@@ -144,7 +144,7 @@ pub async fn run(command: OperatorCommand, format: Format) -> CliResult<()> {
                     None,
                 )
                 .await?;
-            println!("sealed");
+            outln!("sealed");
             Ok(())
         }
         // Returned above, before a client was needed.

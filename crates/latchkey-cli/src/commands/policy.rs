@@ -45,7 +45,7 @@ pub async fn run(command: PolicyCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&serde_json::json!({"valid": true, "statements": statements}));
             } else {
-                println!(
+                outln!(
                     "{}: valid ({statements} statement{})",
                     file.display(),
                     if statements == 1 { "" } else { "s" }
@@ -71,7 +71,7 @@ pub async fn run(command: PolicyCommand, format: Format) -> CliResult<()> {
                 } else {
                     "statements"
                 };
-                println!(
+                outln!(
                     "stored policy {} ({statements} {noun})",
                     text(&response, "name")
                 );
@@ -83,9 +83,9 @@ pub async fn run(command: PolicyCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
-                print!("{}", text(&response, "policy"));
+                out!("{}", text(&response, "policy"));
                 if !text(&response, "policy").ends_with('\n') {
-                    println!();
+                    outln!();
                 }
             }
         }
@@ -115,7 +115,7 @@ pub async fn run(command: PolicyCommand, format: Format) -> CliResult<()> {
         PolicyCommand::Rm { name } => {
             let client = Client::from_env()?;
             client.delete(&["v1", "policies", &name]).await?;
-            println!("deleted policy {name}");
+            outln!("deleted policy {name}");
         }
     }
     Ok(())

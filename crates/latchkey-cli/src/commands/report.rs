@@ -82,7 +82,7 @@ pub async fn run(command: ReportCommand, format: Format) -> CliResult<()> {
                 .map_err(|e| CliError::usage(format!("cannot write `{}`: {e}", path.display())))?;
             eprintln!("wrote the access report to {}", path.display());
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(())
 }

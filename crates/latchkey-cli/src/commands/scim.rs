@@ -42,7 +42,7 @@ pub async fn run(command: ScimCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
-                println!("{}", text(&response, "token"));
+                outln!("{}", text(&response, "token"));
                 let expires = text(&response, "expires_at");
                 eprintln!(
                     "SCIM token {}: {}; give it to the identity provider as the bearer token for this server's /scim/v2",
@@ -91,7 +91,7 @@ pub async fn run(command: ScimCommand, format: Format) -> CliResult<()> {
         ScimTokenCommand::Revoke { accessor } => {
             let url = client.url(&["v1", "scim", "tokens", &accessor, "revoke"])?;
             client.raw::<()>(reqwest::Method::POST, url, None).await?;
-            println!("revoked {accessor}");
+            outln!("revoked {accessor}");
         }
     }
     Ok(())

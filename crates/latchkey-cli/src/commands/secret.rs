@@ -141,7 +141,7 @@ fn print_reference_env(written: &[(String, String, String)]) {
         .iter()
         .map(|(key, reference, _)| (key.clone(), reference.clone()))
         .collect();
-    print!("{}", latchkey_core::dotenv::render(&pairs));
+    out!("{}", latchkey_core::dotenv::render(&pairs));
 }
 
 fn decoded(field: &serde_json::Value) -> Zeroizing<Vec<u8>> {
@@ -194,7 +194,7 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
-                println!(
+                outln!(
                     "wrote {} version {}",
                     text(&response, "reference"),
                     text(&response, "version")
@@ -233,7 +233,7 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
                 output::json(&response);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{} (version {})",
                 text(&response, "reference"),
                 text(&response, "version")
@@ -347,7 +347,7 @@ pub async fn run(command: SecretCommand, format: Format) -> CliResult<()> {
             client
                 .delete(&["v1", "vaults", &vault, "secrets", &secret])
                 .await?;
-            println!(
+            outln!(
                 "deleted lk://{}/{}",
                 latchkey_core::reference::encode_component(&vault),
                 latchkey_core::reference::encode_component(&secret)

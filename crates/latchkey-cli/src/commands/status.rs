@@ -16,22 +16,22 @@ pub async fn run(format: Format) -> CliResult<()> {
         output::json(&serde_json::json!({"health": health, "seal": seal}));
         return Ok(());
     }
-    println!("address:      {}", client.base());
-    println!("status:       {}", text(&health, "status"));
-    println!("initialized:  {}", text(&seal, "initialized"));
-    println!("sealed:       {}", text(&seal, "sealed"));
+    outln!("address:      {}", client.base());
+    outln!("status:       {}", text(&health, "status"));
+    outln!("initialized:  {}", text(&seal, "initialized"));
+    outln!("sealed:       {}", text(&seal, "sealed"));
     if let Some(mode) = seal["mode"].as_str() {
-        println!("seal mode:    {mode}");
+        outln!("seal mode:    {mode}");
     }
     if seal["mode"].as_str() == Some("shamir") && seal["sealed"].as_bool() == Some(true) {
-        println!(
+        outln!(
             "unseal:       {}/{} shares",
             text(&seal, "progress"),
             text(&seal, "threshold")
         );
     }
     if health.get("audit_writable").is_some() {
-        println!(
+        outln!(
             "audit log:    {} (last sequence {})",
             if health["audit_writable"].as_bool() == Some(true) {
                 "writable"
@@ -52,7 +52,7 @@ pub async fn run(format: Format) -> CliResult<()> {
         if let Some(error) = sink["last_error"].as_str() {
             line.push_str(&format!(": {error}"));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     for webhook in health["notify"].as_array().into_iter().flatten() {
         let mut line = format!(
@@ -67,7 +67,7 @@ pub async fn run(format: Format) -> CliResult<()> {
         if let Some(error) = webhook["last_error"].as_str() {
             line.push_str(&format!(": {error}"));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     // A failing streaming sink or webhook leaves the server fully usable, so it is shown,
     // not fatal.

@@ -59,7 +59,7 @@ pub async fn run(command: TokenCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
-                println!("{}", text(&response, "token"));
+                outln!("{}", text(&response, "token"));
                 eprintln!(
                     "token for {}: accessor {}, expires {}, renewable until {}",
                     text(&response, "principal"),
@@ -96,7 +96,7 @@ pub async fn run(command: TokenCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&response);
             } else {
-                println!(
+                outln!(
                     "renewed {}: expires {}",
                     text(&response, "accessor"),
                     text(&response, "expires_at")
@@ -106,7 +106,7 @@ pub async fn run(command: TokenCommand, format: Format) -> CliResult<()> {
         TokenCommand::Revoke { accessor } => {
             let url = client.url(&["v1", "tokens", &accessor, "revoke"])?;
             client.raw::<()>(reqwest::Method::POST, url, None).await?;
-            println!("revoked {accessor}");
+            outln!("revoked {accessor}");
         }
         TokenCommand::List { user } => {
             let mut url = client.url(&["v1", "tokens"])?;

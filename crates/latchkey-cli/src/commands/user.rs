@@ -49,7 +49,7 @@ pub async fn run(command: UserCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&user);
             } else {
-                println!(
+                outln!(
                     "created {} (groups: {})",
                     text(&user, "principal"),
                     joined(&user["groups"])
@@ -91,7 +91,7 @@ pub async fn run(command: UserCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&user);
             } else {
-                println!(
+                outln!(
                     "{} groups: {}",
                     text(&user, "principal"),
                     joined(&user["groups"])

@@ -49,7 +49,7 @@ pub async fn run(command: VaultCommand, format: Format) -> CliResult<()> {
             if format == Format::Json {
                 output::json(&vault);
             } else {
-                println!("created vault {}", text(&vault, "name"));
+                outln!("created vault {}", text(&vault, "name"));
             }
         }
         VaultCommand::Access {
@@ -100,7 +100,7 @@ pub async fn run(command: VaultCommand, format: Format) -> CliResult<()> {
                     "require_reason",
                     "break_glass_max",
                 ] {
-                    println!("{:<16} {}", format!("{key}:"), text(&settings, key));
+                    outln!("{:<16} {}", format!("{key}:"), text(&settings, key));
                 }
             }
         }
