@@ -115,7 +115,7 @@ fn fail_batch(batch: &mut Vec<Miss>) {
 pub struct SecretCache {
     entries: RwLock<Entries>,
     hasher: RandomState,
-    /// Sends misses to the task that reads them in batches; started by the first miss.
+    /// Sender of misses to the task that reads them in batches. The first miss starts the task.
     misses: OnceLock<mpsc::Sender<Miss>>,
 }
 
@@ -148,12 +148,12 @@ async fn read_batches(store: Arc<dyn Store>, mut misses: mpsc::Receiver<Miss>) {
                 tracing::warn!(
                     requested = batch.len(),
                     returned = found.len(),
-                    "batched secret read returned a different number of results; reading each secret alone"
+                    "batched secret read returned a different number of results, reading each secret alone"
                 );
                 fail_batch(&mut batch);
             }
             Err(error) => {
-                tracing::warn!(%error, secrets = batch.len(), "batched secret read failed; reading each secret alone");
+                tracing::warn!(%error, secrets = batch.len(), "batched secret read failed, reading each secret alone");
                 fail_batch(&mut batch);
             }
         }

@@ -62,11 +62,11 @@ pub struct AppState {
     pub policies: RwLock<Arc<PolicyEngine>>,
     /// SHA-256 over the stored policies the engine was built from.
     policy_fingerprint: std::sync::Mutex<[u8; 32]>,
-    /// Held while the policies change, so that this server builds one engine at a time
+    /// Lock held while the policies change, so that this server builds one engine at a time
     /// and never installs an engine built from older policies over a newer one.
     policy_changes: tokio::sync::Mutex<()>,
-    /// Held while the connectors are listed and installed, so that a listing older than
-    /// the installed one never replaces it.
+    /// Lock held while the connectors are listed and installed, so that a listing older
+    /// than the installed one never replaces it.
     connector_changes: tokio::sync::Mutex<()>,
     pub tokens: TokenCache,
     pub secret_cache: SecretCache,

@@ -68,6 +68,23 @@ impl StoreError {
     }
 }
 
+/// Returns the entry of `found` for the pair at `index` of a batched secret read, or an
+/// error when the database returned an index outside the request.
+pub(crate) fn batch_entry(
+    found: &mut [Option<SecretForRead>],
+    index: i64,
+) -> StoreResult<&mut Option<SecretForRead>> {
+    let requested = found.len();
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| found.get_mut(i))
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "batched secret read returned index {index} for {requested} requested secrets"
+            ))
+        })
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Persistent state of one Latchkey deployment. Audit upkeep (sink cursors, exports,

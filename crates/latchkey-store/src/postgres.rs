@@ -480,15 +480,7 @@ impl Store for PostgresStore {
         for row in &rows {
             // WITH ORDINALITY counts from 1.
             let index: i64 = row.try_get("w_index")?;
-            let entry = usize::try_from(index - 1)
-                .ok()
-                .and_then(|i| found.get_mut(i))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "batched secret read returned index {index} for {} requested secrets",
-                        requested.len()
-                    ))
-                })?;
+            let entry = crate::batch_entry(&mut found, index - 1)?;
             *entry = Some(secret_for_read_from_row(row)?);
         }
         Ok(found)

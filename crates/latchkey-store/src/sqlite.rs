@@ -418,8 +418,11 @@ impl Store for SqliteStore {
         if requested.is_empty() {
             return Ok(found);
         }
-        let pairs = serde_json::to_string(requested)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode the secrets to read: {e}")))?;
+        let pairs = serde_json::to_string(requested).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "encoding the requested secrets as JSON failed: {e}"
+            ))
+        })?;
         let mut slot = self.reader.lock().await;
         let conn = match slot.as_mut() {
             Some(conn) => conn,
@@ -440,15 +443,7 @@ impl Store for SqliteStore {
         drop(slot);
         for row in &rows {
             let index: i64 = row.try_get("w_index")?;
-            let entry = usize::try_from(index)
-                .ok()
-                .and_then(|i| found.get_mut(i))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "batched secret read returned index {index} for {} requested secrets",
-                        requested.len()
-                    ))
-                })?;
+            let entry = crate::batch_entry(&mut found, index)?;
             *entry = Some(secret_for_read_from_row(row)?);
         }
         Ok(found)
